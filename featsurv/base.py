@@ -1,0 +1,234 @@
+"""The base classes a plugin implements, one per kind of thing it can register.
+
+Nothing here imports torch at module level: plugin registration must stay cheap so that
+`featsurv --help` is fast. Heavy work happens inside the methods.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+
+from .params import Param
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+KINDS = ("compressors", "model_adapters", "sae_sources", "metrics", "datasets")
+
+
+# --------------------------------------------------------------------------- models
+@dataclass
+class WeightTarget:
+    """One weight matrix a compressor may change.
+
+    ``role`` is one of q, k, v, qkv (fused), o, mlp_in, mlp_gate, mlp_out, embed, lm_head.
+    ``head_layout`` describes the output rows of attention projections as
+    ``(n_heads, n_parts, d_head)`` (``n_parts`` is 3 for a fused QKV, else 1); None elsewhere.
+    """
+
+    name: str
+    module: Any
+    role: str
+    layer: int | None = None
+    head_layout: tuple[int, int, int] | None = None
+
+    @property
+    def weight(self) -> "torch.Tensor":
+        return self.module.weight
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for auditing: the HF model, its tokenizer and the adapter that maps it."""
+
+    model: Any
+    tokenizer: Any
+    adapter: "ModelAdapter"
+    source: str
+    dtype: str
+    device: str
+
+
+class ModelAdapter(ABC):
+    """Maps a model family's modules to sae-lens hook names and compressible weights."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: Hugging Face ``config.model_type`` values this adapter handles (empty: any decoder-only).
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def matches(self, config: Any) -> bool:
+        """Whether this adapter can map a model with this HF config."""
+        return getattr(config, "model_type", None) in self.model_types
+
+    @abstractmethod
+    def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
+             trust_remote_code: bool = False) -> LoadedModel:
+        """Load model and tokenizer from a hub id or a local directory."""
+
+    @abstractmethod
+    def layers(self, model: Any) -> Sequence[Any]:
+        """The decoder blocks, in order."""
+
+    @abstractmethod
+    def hook_point(self, model: Any, hook_name: str) -> tuple[Any, str]:
+        """Resolve a sae-lens hook name to ``(module, "output" | "input")``."""
+
+    @abstractmethod
+    def compressible_weights(self, model: Any, scope: Sequence[str] = ("attn", "mlp")) -> list[WeightTarget]:
+        """The weight matrices in ``scope`` (attn, mlp, embed, lm_head)."""
+
+
+# --------------------------------------------------------------------------- SAEs
+@dataclass
+class LoadedSAE:
+    """A frozen SAE and what featsurv needs to know about it."""
+
+    sae: Any
+    spec: str
+    hook_name: str | None
+    d_in: int
+    d_sae: int
+    model_name: str | None = None
+    context_size: int | None = None
+    prepend_bos: bool | None = None
+    architecture: str = ""
+    source: str = ""
+
+    def encode(self, x: "torch.Tensor") -> "torch.Tensor":
+        return self.sae.encode(x)
+
+    def decode(self, f: "torch.Tensor") -> "torch.Tensor":
+        return self.sae.decode(f)
+
+    def feature_stats(self) -> dict[str, "np.ndarray"]:
+        """Per-feature weight statistics (decoder-row norm, encoder-column norm, bias, threshold)."""
+        return {}
+
+
+class SAESource(ABC):
+    """Loads SAEs from a spec string (a release id, a directory, ...)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def can_load(self, spec: str) -> bool:
+        """Cheap check: does this source recognise the spec (without loading it)?"""
+
+    @abstractmethod
+    def load(self, spec: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedSAE:
+        """Load the SAE."""
+
+
+# --------------------------------------------------------------------------- compressors
+class Compressor(ABC):
+    """A compression method, simulated in place on the weights it is given.
+
+    The host snapshots the targets' weights before ``compress`` and restores them afterwards,
+    so a compressor never needs to undo its work.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    #: The parameter `featsurv compare` bisects on to match perplexity, and its default range.
+    knob: ClassVar[str | None] = None
+    knob_range: ClassVar[tuple[float, float] | None] = None
+    #: True when a larger knob value compresses harder (sparsity); False when smaller does (bits).
+    knob_increases_compression: ClassVar[bool] = True
+    #: Default parameters when this compressor is the reference side (A) of `compare`.
+    compare_default: ClassVar[dict[str, Any]] = {}
+
+    @abstractmethod
+    def compress(self, targets: list[WeightTarget], params: dict[str, Any]) -> None:
+        """Change the target weights in place (under ``torch.no_grad()``)."""
+
+    def label(self, params: dict[str, Any]) -> str:
+        """A short label for one configuration, e.g. ``rtn bits=6``."""
+        shown = [f"{p.name}={params[p.name]}" for p in self.params
+                 if p.name in params and params[p.name] != p.default or p.name == self.knob]
+        return " ".join([self.name, *shown])
+
+
+# --------------------------------------------------------------------------- datasets
+class DatasetSource(ABC):
+    """Yields documents (plain text) from a dataset spec."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def can_load(self, spec: str) -> bool:
+        """Cheap check: does this source recognise the spec?"""
+
+    @abstractmethod
+    def documents(self, spec: str) -> Iterator[str]:
+        """The documents, in a deterministic order."""
+
+
+# --------------------------------------------------------------------------- metrics
+@dataclass
+class FeatureResult:
+    """What a feature metric reports for one (configuration, hook)."""
+
+    summary: dict[str, Any]
+    per_feature: dict[str, "np.ndarray"] = field(default_factory=dict)
+
+
+class FeatureAccumulator(ABC):
+    """Streams FP and compressed SAE features of the same tokens, batch by batch."""
+
+    @abstractmethod
+    def update(self, fp: "torch.Tensor", compressed: "torch.Tensor") -> None:
+        """``fp`` and ``compressed`` are ``[tokens, d_sae]`` for the same kept tokens."""
+
+    @abstractmethod
+    def result(self, fp_stats: dict[str, "np.ndarray"]) -> FeatureResult:
+        """Finish; ``fp_stats`` holds the FP per-feature statistics (firing_rate, mean, peak...)."""
+
+
+class ModelAccumulator(ABC):
+    """Streams the model's logits on the audit contexts, in the same forward pass as the features."""
+
+    @abstractmethod
+    def update(self, logits: "torch.Tensor", input_ids: "torch.Tensor") -> None:
+        """``logits`` ``[batch, ctx, vocab]`` and the ``input_ids`` ``[batch, ctx]`` they came from."""
+
+    @abstractmethod
+    def result(self) -> dict[str, Any]:
+        """Finish and report."""
+
+
+class Metric(ABC):
+    """A measurement. Override the hooks that apply; the host calls each at its time.
+
+    - ``feature_accumulator``: once per (configuration, hook), fed FP and compressed features.
+    - ``model_accumulator``: once for FP and once per configuration, fed logits of the audit pass.
+    - ``evaluate``: once for FP and once per configuration, with the model in that state.
+    - ``compare``: once per hook in `featsurv compare`, on the two configurations' per-feature r.
+    - ``analyze``: once per run, after every configuration, on the finished results.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: Run by default (True) or only when asked for with --metric / a command.
+    default: ClassVar[bool] = True
+
+    def feature_accumulator(self, d_sae: int, options: dict[str, Any]) -> FeatureAccumulator | None:
+        return None
+
+    def model_accumulator(self, options: dict[str, Any]) -> ModelAccumulator | None:
+        return None
+
+    def evaluate(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def compare(self, r_a: "np.ndarray", r_b: "np.ndarray", options: dict[str, Any]) -> dict[str, Any] | None:
+        """Statistics between two configurations over the active features (r aligned by feature)."""
+        return None
+
+    def analyze(self, run: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        return None

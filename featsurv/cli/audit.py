@@ -1,0 +1,35 @@
+"""`featsurv audit COMPRESSOR -p KEY=VALUE ...`: one compressor, a sweep of configurations."""
+from __future__ import annotations
+
+import click
+
+from .common import audit_options, build_options, parse_configurations, progress_for
+
+
+@click.command(name="audit")
+@click.argument("compressor")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE[,VALUE...]",
+              help="Compressor parameter; commas sweep (-p bits=8,6,4).")
+@click.option("--predict", is_flag=True, help="Also run the survival predictor on the result.")
+@audit_options
+def audit_cmd(compressor: str, params: tuple[str, ...], predict: bool, **kwargs) -> None:
+    """Audit COMPRESSOR against the full-precision model.
+
+    Example: featsurv audit rtn -p bits=8,6,4 --model ./pythia --sae ./sae-dir
+    """
+    from ..audit import AuditSession
+    from ..plugins import get_registry
+    from ..runs import run_audit
+    from .table import print_summary
+
+    registry = get_registry()
+    options, preset = build_options(kwargs)
+    preset_params = None
+    if preset and preset.audit.get("compressor") == compressor:
+        preset_params = preset.audit.get("params")
+    configurations = parse_configurations(registry, compressor, params, preset_params)
+    session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
+    analyses = ("predictor",) if predict else ()
+    result = run_audit(options, configurations, out_dir=kwargs["out_dir"], analyses=analyses, session=session,
+                       command="audit " + compressor)
+    print_summary(result.summary, result.path)

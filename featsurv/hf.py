@@ -1,0 +1,148 @@
+"""A model adapter for Hugging Face decoder-only models, configured by module paths.
+
+Built-in adapters (GPT-NeoX, Gemma-2, generic ``model.layers``) are small subclasses that name
+their modules; an adapter for a new family usually needs only the same few attributes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, ClassVar, Sequence
+
+from .base import LoadedModel, ModelAdapter, WeightTarget
+from .errors import FeatsurvError
+
+HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_resid_pre|hook_mlp_out|hook_attn_out)$")
+HOOK_KINDS = ("hook_resid_post", "hook_resid_pre", "hook_mlp_out", "hook_attn_out")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def parse_hook(hook_name: str, n_layers: int | None = None) -> tuple[int, str]:
+    """Split ``blocks.L.hook_X`` into ``(L, "hook_X")``, validating both parts."""
+    m = HOOK_RE.match(hook_name or "")
+    if not m:
+        raise FeatsurvError(
+            f"Unsupported hook {hook_name!r}",
+            allowed=[f"blocks.L.{k}" for k in HOOK_KINDS],
+            hint="Pass --hook with one of these names (as sae-lens names them)")
+    layer = int(m.group(1))
+    if n_layers is not None and layer >= n_layers:
+        raise FeatsurvError(
+            f"Hook {hook_name!r} names layer {layer}, but the model has {n_layers} layers",
+            allowed=f"layers 0..{n_layers - 1}",
+            hint="Check that the SAE was trained on this model (--sae) or pass the right --hook")
+    return layer, m.group(2)
+
+
+def get_path(root: Any, path: str) -> Any:
+    obj = root
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    if name not in DTYPES:
+        raise FeatsurvError(f"Unknown dtype {name!r}", allowed=DTYPES)
+    return getattr(torch, name)
+
+
+class HFDecoderAdapter(ModelAdapter):
+    """Maps a Hugging Face decoder-only model given the paths of its modules."""
+
+    #: dotted path from the CausalLM model to the list of decoder blocks
+    layers_path: ClassVar[str] = "model.layers"
+    #: module inside a block whose output is ``hook_attn_out`` / ``hook_mlp_out``
+    attn_out_module: ClassVar[str] = "self_attn"
+    mlp_out_module: ClassVar[str] = "mlp"
+    #: linear layers inside a block -> role (q, k, v, qkv, o, mlp_in, mlp_gate, mlp_out)
+    block_weights: ClassVar[dict[str, str]] = {
+        "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v",
+        "self_attn.o_proj": "o", "mlp.gate_proj": "mlp_gate", "mlp.up_proj": "mlp_in",
+        "mlp.down_proj": "mlp_out",
+    }
+    embed_path: ClassVar[str] = "model.embed_tokens"
+    lm_head_path: ClassVar[str] = "lm_head"
+    #: tried in descending order when picking an adapter for a config
+    priority: ClassVar[int] = 10
+
+    # ------------------------------------------------------------------ loading
+    def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
+             trust_remote_code: bool = False) -> LoadedModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tdtype = torch_dtype(dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=tdtype, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise model_load_error(source, exc) from None
+        model.to(device)
+        model.eval()
+        return LoadedModel(model, tokenizer, self, source, dtype, device)
+
+    # ------------------------------------------------------------------ structure
+    def layers(self, model: Any) -> Sequence[Any]:
+        return get_path(model, self.layers_path)
+
+    def hook_point(self, model: Any, hook_name: str) -> tuple[Any, str]:
+        layers = self.layers(model)
+        layer, kind = parse_hook(hook_name, len(layers))
+        block = layers[layer]
+        if kind == "hook_resid_post":
+            return block, "output"
+        if kind == "hook_resid_pre":
+            return block, "input"
+        if kind == "hook_attn_out":
+            return get_path(block, self.attn_out_module), "output"
+        return get_path(block, self.mlp_out_module), "output"
+
+    def head_layout(self, model: Any, role: str) -> tuple[int, int, int] | None:
+        """Rows of q/k/v(/qkv) projections as (n_heads, n_parts, d_head)."""
+        cfg = model.config
+        n_heads = cfg.num_attention_heads
+        d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+        if role == "q":
+            return (n_heads, 1, d_head)
+        if role in ("k", "v"):
+            return (getattr(cfg, "num_key_value_heads", None) or n_heads, 1, d_head)
+        if role == "qkv":
+            return (n_heads, 3, d_head)
+        return None
+
+    def compressible_weights(self, model: Any, scope: Sequence[str] = ("attn", "mlp")) -> list[WeightTarget]:
+        bad = set(scope) - {"attn", "mlp", "embed", "lm_head"}
+        if bad:
+            raise FeatsurvError(f"Unknown weight scope {sorted(bad)!r}", allowed=["attn", "mlp", "embed", "lm_head"])
+        targets: list[WeightTarget] = []
+        if "embed" in scope:
+            targets.append(WeightTarget(self.embed_path, get_path(model, self.embed_path), "embed"))
+        for i, block in enumerate(self.layers(model)):
+            for path, role in self.block_weights.items():
+                group = "mlp" if role.startswith("mlp") else "attn"
+                if group not in scope:
+                    continue
+                module = get_path(block, path)
+                targets.append(WeightTarget(f"{self.layers_path}.{i}.{path}", module, role, i,
+                                            self.head_layout(model, role)))
+        if "lm_head" in scope:
+            head = get_path(model, self.lm_head_path)
+            if any(t.module.weight is head.weight for t in targets):
+                pass  # tied to the embedding: already in scope
+            else:
+                targets.append(WeightTarget(self.lm_head_path, head, "lm_head"))
+        return targets
+
+
+def model_load_error(source: str, exc: BaseException) -> FeatsurvError:
+    local = os.path.exists(source)
+    why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if local:
+        hint = "Pass a directory written by `save_pretrained` (config.json, weights, tokenizer files)"
+    else:
+        hint = ("Pass a local model directory, or a Hugging Face hub id with network access "
+                "(HF_HUB_OFFLINE=1 forbids downloads); `featsurv presets` lists known models")
+    return FeatsurvError(f"Cannot load model {source!r}: {why}", hint=hint)

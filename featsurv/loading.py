@@ -1,0 +1,77 @@
+"""Resolving user-given names (model, SAE, dataset) to the plugin that handles them."""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import LoadedModel, LoadedSAE
+from .data_paths import resolve
+from .errors import FeatsurvError
+from .plugins import Registry
+
+
+def pick_adapter(registry: Registry, config: Any, adapter: str | None) -> Any:
+    if adapter:
+        return registry.get("model_adapters", adapter)
+    adapters = sorted(registry.all("model_adapters"), key=lambda a: -getattr(a, "priority", 10))
+    for candidate in adapters:
+        if candidate.matches(config):
+            return candidate
+    raise FeatsurvError(
+        f"No model adapter handles model type {getattr(config, 'model_type', None)!r}",
+        allowed=registry.names("model_adapters"),
+        hint="Pass --adapter NAME, or write an adapter plugin (docs/plugins/adapters.md)")
+
+
+def load_model(registry: Registry, source: str, *, adapter: str | None = None, dtype: str = "float32",
+               device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model through the adapter that matches its config (or the one named)."""
+    from transformers import AutoConfig
+
+    from .hf import model_load_error
+
+    path = resolve(source)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise model_load_error(source, exc) from None
+    chosen = pick_adapter(registry, config, adapter)
+    loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    try:
+        chosen.layers(loaded.model)
+    except (AttributeError, IndexError, KeyError):
+        raise FeatsurvError(
+            f"Adapter {chosen.name!r} cannot find the decoder blocks of model {source!r} "
+            f"(type {config.model_type!r})",
+            allowed=registry.names("model_adapters"),
+            hint="Pass --adapter NAME, or write an adapter plugin (docs/plugins/adapters.md)") from None
+    loaded.source = source
+    return loaded
+
+
+def load_sae(registry: Registry, spec: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedSAE:
+    """Load an SAE: ``SOURCE:REST`` names the source; otherwise the first source that recognises it."""
+    path = resolve(spec)
+    head, sep, rest = path.partition(":")
+    if sep and head in registry.items["sae_sources"]:
+        source = registry.get("sae_sources", head)
+        path = rest
+    else:
+        source = next((s for s in registry.all("sae_sources") if s.can_load(path)), None)
+    if source is None:
+        raise FeatsurvError(
+            f"No SAE source recognises {spec!r}",
+            allowed=[f"{s.name}: {s.description}" for s in registry.all("sae_sources")],
+            hint="Pass a sae-lens directory or RELEASE:SAE_ID; `featsurv presets` lists known pairings")
+    sae = source.load(path, device=device, dtype=dtype)
+    sae.spec = spec
+    return sae
+
+
+def dataset_source(registry: Registry, spec: str) -> Any:
+    for source in registry.all("datasets"):
+        if source.can_load(spec):
+            return source
+    raise FeatsurvError(
+        f"No dataset source recognises {spec!r}",
+        allowed=[f"{s.name}: {s.description}" for s in registry.all("datasets")],
+        hint="Pass a .txt/.jsonl file, hf:NAME[:CONFIG[:SPLIT]], or featsurv:heldout")

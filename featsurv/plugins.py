@@ -1,0 +1,234 @@
+"""Finding, loading and indexing plugins.
+
+Every plugin, built-in or third-party, is a module named by an entry point in the ``featsurv``
+group. Each entry point is loaded on its own: one that fails to import or register is a warning
+naming it and its distribution (``FEATSURV_STRICT_PLUGINS=1`` re-raises instead).
+
+Controls (environment):
+- ``FEATSURV_LOAD_PLUGINS``: comma-separated allow-list of third-party distributions to load
+  (set but empty: none). Built-ins (distribution ``featsurv``) are always loaded unless disabled.
+- ``FEATSURV_DISABLE_PLUGINS``: comma-separated plugin or distribution names to skip, built-ins included.
+- ``FEATSURV_PLUGINS_DIR`` (or ``featsurv --plugins-dir DIR``): load every ``*.py`` in a folder as a plugin.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .base import Compressor, DatasetSource, Metric, ModelAdapter, SAESource
+from .errors import FeatsurvError, unknown
+
+BUILTIN_DISTRIBUTION = "featsurv"
+
+#: kind -> (hook name, base class, singular noun for messages)
+KIND_SPECS: dict[str, tuple[str, type, str]] = {
+    "compressors": ("register_compressors", Compressor, "compressor"),
+    "model_adapters": ("register_model_adapters", ModelAdapter, "model adapter"),
+    "sae_sources": ("register_sae_sources", SAESource, "SAE source"),
+    "metrics": ("register_metrics", Metric, "metric"),
+    "datasets": ("register_datasets", DatasetSource, "dataset source"),
+}
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or registered; it was skipped."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    module: Any = None
+    provides: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "distribution": self.distribution, "version": self.version,
+                "provides": {k: sorted(v) for k, v in self.provides.items() if v}}
+
+
+@dataclass
+class Entry:
+    item: Any
+    plugin: str
+
+
+class Registry:
+    """Everything the loaded plugins registered, with who registered it."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("featsurv")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.items: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
+
+    # ------------------------------------------------------------------ registration
+    def make_register(self, kind: str, plugin: str) -> Callable[[Any], Any]:
+        """The validating ``register`` callback handed to one plugin's hook for one kind."""
+        _, base, noun = KIND_SPECS[kind]
+
+        def register(item: Any) -> Any:
+            if isinstance(item, type):
+                item = item()
+            if not isinstance(item, base):
+                raise TypeError(f"plugin {plugin!r} registered {item!r} as a {noun}, "
+                                f"but it is not a featsurv.{base.__name__}")
+            name = getattr(item, "name", None)
+            if not isinstance(name, str) or not name or any(c.isspace() or c in ",=:" for c in name):
+                raise TypeError(f"plugin {plugin!r} registered a {noun} with a bad name {name!r}: "
+                                "use a non-empty name without spaces, commas, '=' or ':'")
+            existing = self.items[kind].get(name)
+            if existing is not None:
+                raise FeatsurvError(
+                    f"Two plugins register a {noun} named {name!r}: {existing.plugin!r} and {plugin!r}",
+                    hint="Uninstall or disable one of them (FEATSURV_DISABLE_PLUGINS=NAME)")
+            self.items[kind][name] = Entry(item, plugin)
+            self.plugins[plugin].provides.setdefault(kind, []).append(name)
+            return item
+
+        return register
+
+    def add_plugin(self, module: Any, name: str, distribution: str, version: str) -> None:
+        """Register one plugin object and run its register hooks, isolating failures."""
+        if name in self.plugins:
+            raise FeatsurvError(f"Two plugins are named {name!r} ({self.plugins[name].distribution} "
+                                f"and {distribution})", hint="Rename or disable one of them")
+        self.pm.register(module, name=name)
+        self.plugins[name] = PluginInfo(name, distribution, version, module)
+        try:
+            self.pm.check_pending()
+            for kind, (hook, _, _) in KIND_SPECS.items():
+                for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                    if impl.plugin_name == name:
+                        impl.function(register=self.make_register(kind, name))
+        except FeatsurvError:
+            raise
+        except Exception as exc:  # a broken plugin must not take the host down
+            self.remove_plugin(name)
+            _plugin_failed(name, distribution, exc)
+
+    def remove_plugin(self, name: str) -> None:
+        info = self.plugins.pop(name, None)
+        if info is None:
+            return
+        for kind in self.items:
+            self.items[kind] = {k: e for k, e in self.items[kind].items() if e.plugin != name}
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+
+    # ------------------------------------------------------------------ lookup
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.items[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        entry = self.items[kind].get(name)
+        if entry is None:
+            raise unknown(KIND_SPECS[kind][2], name, self.names(kind))
+        return entry.item
+
+    def provider(self, kind: str, name: str) -> PluginInfo:
+        return self.plugins[self.items[kind][name].plugin]
+
+    def all(self, kind: str) -> list[Any]:
+        return [self.items[kind][n].item for n in self.names(kind)]
+
+
+def _plugin_failed(name: str, distribution: str, exc: BaseException) -> None:
+    if os.environ.get("FEATSURV_STRICT_PLUGINS") == "1":
+        raise exc
+    warnings.warn(
+        f"featsurv: plugin {name!r} (distribution {distribution!r}) failed to load and was skipped: "
+        f"{type(exc).__name__}: {exc}. Set FEATSURV_STRICT_PLUGINS=1 to see the traceback, or "
+        f"FEATSURV_DISABLE_PLUGINS={name} to silence this.",
+        PluginWarning, stacklevel=3)
+
+
+def _csv_env(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _entry_points() -> Iterable[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group="featsurv"), key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+
+
+def load_directory(registry: Registry, folder: str | Path) -> None:
+    """Load every ``*.py`` module in ``folder`` as a one-off plugin (``--plugins-dir``)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise FeatsurvError(f"Plugins directory {str(folder)!r} does not exist or is not a folder",
+                            hint="Pass a folder holding plugin modules (*.py) to --plugins-dir")
+    for file in sorted(path.glob("*.py")):
+        name = file.stem
+        mod_name = f"featsurv_dir_plugin_{name}"
+        try:
+            spec = importlib.util.spec_from_file_location(mod_name, file)
+            assert spec and spec.loader
+            module: ModuleType = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            _plugin_failed(name, str(file), exc)
+            continue
+        registry.add_plugin(module, name, f"(directory {path})", "local")
+
+
+def build_registry(plugins_dir: str | Path | None = None) -> Registry:
+    """Load every enabled plugin into a fresh registry."""
+    registry = Registry()
+    allow = _csv_env("FEATSURV_LOAD_PLUGINS")
+    block = _csv_env("FEATSURV_DISABLE_PLUGINS") or set()
+    for ep in _entry_points():
+        dist = ep.dist.name if ep.dist else "(unknown)"
+        version = ep.dist.version if ep.dist else "?"
+        if ep.name in block or dist in block:
+            continue
+        if allow is not None and dist != BUILTIN_DISTRIBUTION and dist not in allow:
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:
+            _plugin_failed(ep.name, dist, exc)
+            continue
+        registry.add_plugin(module, ep.name, dist, version)
+    plugins_dir = plugins_dir or os.environ.get("FEATSURV_PLUGINS_DIR")
+    if plugins_dir:
+        load_directory(registry, plugins_dir)
+    return registry
+
+
+_REGISTRY: Registry | None = None
+_PLUGINS_DIR: str | None = None
+
+
+def set_plugins_dir(folder: str | None) -> None:
+    """Use ``folder`` as a one-off plugin folder for the registry built next."""
+    global _PLUGINS_DIR, _REGISTRY
+    _PLUGINS_DIR = folder
+    _REGISTRY = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = build_registry(_PLUGINS_DIR)
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins; the next `get_registry()` loads them again."""
+    global _REGISTRY
+    _REGISTRY = None

@@ -1,0 +1,105 @@
+"""Dataset sources: local text/JSONL files, Hugging Face datasets, and the embedded corpus.
+
+- ``PATH.txt`` (or any text file): documents separated by blank lines;
+- ``PATH.jsonl``: one JSON object per line, its ``text`` field;
+- ``hf:NAME[:CONFIG[:SPLIT[:FIELD]]]``: ``datasets.load_dataset`` (split default ``train``,
+  field default ``text``), each row a document (WikiText rows are lines);
+- ``featsurv:heldout``: the held-out split of the embedded corpus (Python docstrings, PSF licence).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from featsurv import DatasetSource, FeatsurvError, hookimpl
+
+
+def _paragraphs(text: str) -> Iterator[str]:
+    for block in re.split(r"\n\s*\n", text):
+        if block.strip():
+            yield block.strip()
+
+
+def _read_file(path: Path) -> Iterator[str]:
+    if not path.is_file():
+        raise FeatsurvError(f"Dataset file {str(path)!r} does not exist",
+                            hint="Pass an existing .txt or .jsonl file, hf:NAME[:CONFIG[:SPLIT]], or featsurv:heldout")
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    raise FeatsurvError(f"Line {i} of {str(path)!r} is not a JSON object with a 'text' field",
+                                        hint="Write one {\"text\": ...} object per line") from None
+                yield text
+        return
+    yield from _paragraphs(path.read_text(encoding="utf-8"))
+
+
+class LocalText(DatasetSource):
+    name = "file"
+    description = "A local .txt (documents separated by blank lines) or .jsonl ({'text': ...} per line) file"
+
+    def can_load(self, spec: str) -> bool:
+        return not spec.startswith(("hf:", "featsurv:")) and (Path(spec).suffix in (".txt", ".jsonl", ".text", ".md") or Path(spec).is_file())
+
+    def documents(self, spec: str) -> Iterator[str]:
+        return _read_file(Path(spec))
+
+
+class Embedded(DatasetSource):
+    name = "featsurv"
+    description = "featsurv:heldout, the embedded held-out corpus (stdlib docstrings, PSF licence)"
+
+    def can_load(self, spec: str) -> bool:
+        return spec.startswith("featsurv:")
+
+    def documents(self, spec: str) -> Iterator[str]:
+        from featsurv.data_paths import data_root
+
+        name = spec.split(":", 1)[1]
+        path = data_root() / "corpus" / f"{name}.txt"
+        if not path.is_file():
+            available = sorted(p.stem for p in (data_root() / "corpus").glob("*.txt"))
+            raise FeatsurvError(f"Unknown embedded dataset {spec!r}", allowed=[f"featsurv:{a}" for a in available])
+        return _read_file(path)
+
+
+class HuggingFace(DatasetSource):
+    name = "hf"
+    description = "hf:NAME[:CONFIG[:SPLIT[:FIELD]]], loaded with datasets.load_dataset (needs the hub or its cache)"
+
+    def can_load(self, spec: str) -> bool:
+        return spec.startswith("hf:")
+
+    def documents(self, spec: str) -> Iterator[str]:
+        parts = spec[3:].split(":")
+        if not parts[0]:
+            raise FeatsurvError(f"Bad Hugging Face dataset spec {spec!r}", allowed="hf:NAME[:CONFIG[:SPLIT[:FIELD]]]")
+        name, config, split, field = (parts + [None, None, None])[:4]
+        split, field = split or "train", field or "text"
+        try:
+            from datasets import load_dataset
+
+            ds = load_dataset(name, config or None, split=split)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise FeatsurvError(f"Cannot load dataset {spec!r}: {first}",
+                                hint="Check the name, config and split; downloads need network access "
+                                     "(HF_HUB_OFFLINE=1 uses the local cache only)") from None
+        if field not in ds.column_names:
+            raise FeatsurvError(f"Dataset {spec!r} has no field {field!r}", allowed=ds.column_names)
+        for row in ds:
+            yield row[field]
+
+
+@hookimpl
+def register_datasets(register):
+    register(LocalText())
+    register(Embedded())
+    register(HuggingFace())

@@ -1,0 +1,86 @@
+"""SAE source ``saelens``: sae-lens releases (``RELEASE:SAE_ID``) and sae-lens directories."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from featsurv import FeatsurvError, LoadedSAE, SAESource, hookimpl
+
+PREFIX = "saelens:"
+
+
+def _strip(spec: str) -> str:
+    return spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+
+
+class SaeLensSAE(LoadedSAE):
+    """A sae-lens SAE with featsurv's per-feature weight statistics."""
+
+    def feature_stats(self) -> dict[str, Any]:
+        import torch
+
+        sae = self.sae
+        out: dict[str, Any] = {}
+        with torch.no_grad():
+            out["decoder_norm"] = sae.W_dec.float().norm(dim=1).cpu().numpy()
+            out["encoder_norm"] = sae.W_enc.float().norm(dim=0).cpu().numpy()
+            bias = getattr(sae, "b_enc", None)
+            if bias is None:
+                bias = getattr(sae, "b_gate", None)
+            if isinstance(bias, torch.Tensor):
+                out["encoder_bias"] = bias.float().cpu().numpy()
+            threshold = getattr(sae, "threshold", None)
+            if isinstance(threshold, torch.Tensor) and threshold.numel() == sae.cfg.d_sae:
+                out["threshold"] = threshold.float().cpu().numpy()
+        return out
+
+
+class SaeLensSource(SAESource):
+    name = "saelens"
+    description = ("sae-lens SAEs: RELEASE:SAE_ID (SAE.from_pretrained) or a directory with "
+                   "cfg.json and sae_weights.safetensors (SAE.load_from_disk)")
+
+    def can_load(self, spec: str) -> bool:
+        raw = _strip(spec)
+        if (Path(raw) / "cfg.json").is_file():
+            return True
+        release, sep, sae_id = raw.partition(":")
+        return bool(sep and release and sae_id) and not os.path.exists(raw)
+
+    def load(self, spec: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedSAE:
+        from sae_lens import SAE
+
+        raw = _strip(spec)
+        path = Path(raw)
+        try:
+            if path.is_dir():
+                if not (path / "cfg.json").is_file():
+                    raise FeatsurvError(
+                        f"SAE directory {raw!r} has no cfg.json",
+                        hint="Pass a directory written by sae-lens (SAE.save_model), or RELEASE:SAE_ID")
+                sae = SAE.load_from_disk(raw, device=device, dtype=dtype)
+            else:
+                release, _, sae_id = raw.partition(":")
+                sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+        except FeatsurvError:
+            raise
+        except Exception as exc:  # sae-lens raises many kinds for a bad id or a missing file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise FeatsurvError(
+                f"Cannot load SAE {spec!r}: {first}",
+                hint=("Pass a sae-lens directory, or RELEASE:SAE_ID from sae-lens's pretrained "
+                      "directory (needs network access); `featsurv presets` lists known pairings")) from None
+        sae.eval()
+        for p in sae.parameters():
+            p.requires_grad_(False)
+        meta = sae.cfg.metadata
+        return SaeLensSAE(
+            sae=sae, spec=spec, hook_name=meta.get("hook_name"), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
+            model_name=meta.get("model_name"), context_size=meta.get("context_size"),
+            prepend_bos=meta.get("prepend_bos"), architecture=sae.cfg.architecture(), source=self.name)
+
+
+@hookimpl
+def register_sae_sources(register):
+    register(SaeLensSource())
