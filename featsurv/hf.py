@@ -63,8 +63,6 @@ class HFDecoderAdapter(ModelAdapter):
         "self_attn.o_proj": "o", "mlp.gate_proj": "mlp_gate", "mlp.up_proj": "mlp_in",
         "mlp.down_proj": "mlp_out",
     }
-    embed_path: ClassVar[str] = "model.embed_tokens"
-    lm_head_path: ClassVar[str] = "lm_head"
     #: tried in descending order when picking an adapter for a config
     priority: ClassVar[int] = 10
 
@@ -72,7 +70,9 @@ class HFDecoderAdapter(ModelAdapter):
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
              trust_remote_code: bool = False) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # featsurv reports its own progress
         tdtype = torch_dtype(dtype)
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -118,8 +118,10 @@ class HFDecoderAdapter(ModelAdapter):
         if bad:
             raise FeatsurvError(f"Unknown weight scope {sorted(bad)!r}", allowed=["attn", "mlp", "embed", "lm_head"])
         targets: list[WeightTarget] = []
+        names = {id(m): n for n, m in model.named_modules()}
         if "embed" in scope:
-            targets.append(WeightTarget(self.embed_path, get_path(model, self.embed_path), "embed"))
+            embed = model.get_input_embeddings()
+            targets.append(WeightTarget(names.get(id(embed), "embed"), embed, "embed"))
         for i, block in enumerate(self.layers(model)):
             for path, role in self.block_weights.items():
                 group = "mlp" if role.startswith("mlp") else "attn"
@@ -129,11 +131,9 @@ class HFDecoderAdapter(ModelAdapter):
                 targets.append(WeightTarget(f"{self.layers_path}.{i}.{path}", module, role, i,
                                             self.head_layout(model, role)))
         if "lm_head" in scope:
-            head = get_path(model, self.lm_head_path)
-            if any(t.module.weight is head.weight for t in targets):
-                pass  # tied to the embedding: already in scope
-            else:
-                targets.append(WeightTarget(self.lm_head_path, head, "lm_head"))
+            head = model.get_output_embeddings()
+            if head is not None and not any(t.module.weight is head.weight for t in targets):
+                targets.append(WeightTarget(names.get(id(head), "lm_head"), head, "lm_head"))
         return targets
 
 

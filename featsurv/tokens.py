@@ -108,8 +108,8 @@ def build_tokens(tokenizer: Any, documents: Iterable[str], *, dataset: str, n_to
         raise FeatsurvError(
             f"Dataset {dataset!r} is too short: it gives {len(ids)} tokens, enough for {have} audit "
             f"positions, but {n_tokens} were asked for ({n_ctx} contexts of {context})",
-            hint=(f"Pass --tokens {have}" if have >= context else "Pass a larger dataset") +
-                 " or a larger --dataset")
+            hint=(f"Pass --tokens {have} or fewer, or a larger --dataset" if have >= context
+                  else "Pass a larger --dataset, or a smaller --tokens and --context"))
     stream = torch.tensor(ids[:need], dtype=torch.long)
     body = stream.view(n_ctx, per_ctx)
     if prepend_bos:

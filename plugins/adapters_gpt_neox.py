@@ -18,8 +18,6 @@ class GPTNeoXAdapter(HFDecoderAdapter):
         "mlp.dense_h_to_4h": "mlp_in",
         "mlp.dense_4h_to_h": "mlp_out",
     }
-    embed_path = "gpt_neox.embed_in"
-    lm_head_path = "embed_out"
 
 
 @hookimpl

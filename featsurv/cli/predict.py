@@ -1,0 +1,61 @@
+"""`featsurv predict RESULT_DIR`: cross-validated survival predictors on a finished audit."""
+from __future__ import annotations
+
+import click
+
+from ..errors import FeatsurvError
+
+
+def builtin_plugin(module: str):
+    """Import a built-in plugin module (``featsurv_plugins.X``, or ``plugins.X`` in a source checkout)."""
+    import importlib
+
+    for package in ("featsurv_plugins", "plugins"):
+        try:
+            return importlib.import_module(f"{package}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name not in (package, f"{package}.{module}"):
+                raise
+    raise FeatsurvError(f"The built-in plugin module {module!r} cannot be imported",
+                        hint="Reinstall featsurv (pip install -e .) so that featsurv_plugins is importable")
+
+
+@click.command("predict")
+@click.argument("result_dir", metavar="RESULT_DIR")
+@click.option("--folds", "-k", default=5, show_default=True, type=click.IntRange(min=2),
+              help="Stratified cross-validation folds (lowered automatically for a tiny class).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fold shuffle and LightGBM.")
+@click.option("--no-report", is_flag=True, help="Do not re-render report.html.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored JSON instead of the table.")
+def predict_cmd(result_dir: str, folds: int, seed: int, no_report: bool, as_json: bool) -> None:
+    """Predict which features survive from FP statistics alone.
+
+    For every configuration (and hook) of a finished audit in RESULT_DIR, fits a logistic
+    regression and LightGBM on the active features' FP statistics (rarity, log mean and peak
+    activation, concentration, SAE weight norms when present) and reports stratified k-fold ROC
+    AUC, plus the AUC of each statistic alone. Stores the result in summary.json under
+    "predictors" and re-renders report.html.
+    """
+    from ..results import RunResult, dumps
+
+    run = RunResult.load(result_dir)
+    if run.features is None or len(run.features) == 0:
+        raise FeatsurvError(f"{result_dir!r} holds no per-feature results (features.parquet is empty)",
+                            hint="Run `featsurv audit` with at least one configuration first")
+    mod = builtin_plugin("metric_predictor")
+    progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    predictors = mod.predict_run(run, k=folds, seed=seed, progress=progress)
+    run.summary["predictors"] = predictors
+    run.save_summary()
+    click.echo(f"predictor: stored in {run.path / 'summary.json'}", err=True)
+    if as_json:
+        click.echo(dumps(predictors), nl=False)
+    else:
+        click.echo(mod.format_table(predictors))
+    if not no_report:
+        try:
+            from ..report import write_report
+        except ImportError:  # pragma: no cover - report is part of featsurv
+            return
+        path = write_report(run)
+        click.echo(f"report: {path}", err=True)

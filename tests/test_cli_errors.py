@@ -1,0 +1,117 @@
+"""Every user error: one paragraph naming the bad value, exit code 2, no traceback, nothing written."""
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from featsurv.cli import cli
+from featsurv.testing import write_exact_sae
+
+
+@pytest.fixture(scope="module")
+def base_args(tiny_models, tiny_sae, tiny_corpus):
+    return ["--model", str(tiny_models["gpt_neox"]), "--sae", str(tiny_sae(tiny_models["gpt_neox"])),
+            "--dataset", str(tiny_corpus), "--tokens", "512", "--context", "32", "--bootstrap", "0", "-q"]
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, args)
+
+
+def swap(args, flag, value):
+    out = list(args)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def check_error(result, *needles, out_dir=None):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    for needle in needles:
+        assert needle in result.output, result.output
+    if out_dir is not None:
+        assert not out_dir.exists()
+        assert not any(out_dir.parent.glob(f".{out_dir.name}*"))
+
+
+def test_unknown_compressor_lists_available(base_args, tmp_path):
+    out = tmp_path / "r"
+    check_error(invoke(["audit", "nosuch", *base_args, "--out", str(out)]), "'nosuch'", "magnitude, rtn",
+                "featsurv plugins", out_dir=out)
+
+
+@pytest.mark.parametrize("param,needle", [
+    ("bits=1", "'bits'"), ("bits=abc", "'abc'"), ("granularity=row", "'row'"), ("foo=3", "'foo'"),
+    ("bits", "KEY=VALUE"), ("symmetric=maybe", "'maybe'"),
+])
+def test_bad_parameters(base_args, tmp_path, param, needle):
+    out = tmp_path / "r"
+    check_error(invoke(["audit", "rtn", "-p", param, *base_args, "--out", str(out)]), needle, out_dir=out)
+
+
+def test_unknown_adapter_metric_dataset_and_sae(base_args, tmp_path):
+    out = tmp_path / "r"
+    check_error(invoke(["audit", "rtn", *base_args, "--adapter", "nosuch", "--out", str(out)]),
+                "model adapter 'nosuch'", "gemma2, generic, gpt_neox", out_dir=out)
+    check_error(invoke(["audit", "rtn", *base_args, "--metric", "nosuch", "--out", str(out)]),
+                "metric 'nosuch'", out_dir=out)
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--dataset", "weird:thing"), "--out", str(out)]),
+                "'weird:thing'", "featsurv:heldout", out_dir=out)
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--dataset", str(tmp_path / "missing.txt")), "--out", str(out)]),
+                "missing.txt", "does not exist", out_dir=out)
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--sae", str(tmp_path / "no-sae")), "--out", str(out)]),
+                "no-sae", "SAE", out_dir=out)
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--model", str(tmp_path)), "--out", str(out)]),
+                "Cannot load model", out_dir=out)
+
+
+def test_empty_and_short_datasets(base_args, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    short = tmp_path / "short.txt"
+    short.write_text("only a handful of words here")
+    out = tmp_path / "r"
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--dataset", str(empty)), "--out", str(out)]),
+                "too short", out_dir=out)
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--dataset", str(short)), "--out", str(out)]),
+                "too short", "--tokens", out_dir=out)
+
+
+def test_sae_that_does_not_fit_the_model(base_args, tiny_models, tmp_path):
+    out = tmp_path / "r"
+    narrow = write_exact_sae(tmp_path / "narrow", 16, "blocks.1.hook_resid_post")
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--sae", str(narrow)), "--out", str(out)]),
+                "d_in=16", "width 32", out_dir=out)
+    deep = write_exact_sae(tmp_path / "deep", 32, "blocks.9.hook_resid_post")
+    check_error(invoke(["audit", "rtn", *swap(base_args, "--sae", str(deep)), "--out", str(out)]),
+                "blocks.9.hook_resid_post", "layers 0..1", out_dir=out)
+
+
+def test_fit_check_stops_a_mispaired_sae(base_args, tmp_path):
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
+    with torch.no_grad():
+        sae.W_dec.mul_(5.0)  # a reconstruction far from the activations
+    path = tmp_path / "bad-sae"
+    sae.save_model(path)
+    out = tmp_path / "r"
+    result = invoke(["audit", "rtn", *swap(base_args, "--sae", str(path)), "--out", str(out)])
+    check_error(result, "explains only", "BOS", "--min-explained-variance 0", out_dir=out)
+    ok = invoke(["audit", "rtn", *swap(base_args, "--sae", str(path)), "--min-explained-variance", "-1e9",
+                 "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_help_does_not_import_heavy_packages():
+    code = ("import sys; from featsurv.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'sae_lens', 'sklearn', 'lightgbm', 'matplotlib') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out

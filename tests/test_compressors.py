@@ -1,0 +1,101 @@
+"""RTN against hand computations; magnitude pruning against torch.nn.utils.prune."""
+import pytest
+import torch
+from torch.nn.utils import prune
+
+from featsurv.base import WeightTarget
+from featsurv_plugins.compress_magnitude import Magnitude
+from featsurv_plugins.compress_rtn import RTN, quantize_dequantize
+
+W = torch.tensor([[0.9, -0.3, 0.1, 0.45],
+                  [-2.0, 1.0, 0.5, 0.25]])
+
+
+def test_rtn_symmetric_channel_by_hand():
+    # bits=3: qmax=3. Row 0: scale=0.3 -> [3, -1, 0.333->0, 1.5->2 (half to even)] * 0.3
+    # Row 1: scale=2/3 -> [-3, 1.5->2, 0.75->1, 0.375->0] * 2/3
+    out = quantize_dequantize(W, 3, True, "channel")
+    expected = torch.tensor([[0.9, -0.3, 0.0, 0.6], [-2.0, 4 / 3, 2 / 3, 0.0]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_rtn_symmetric_tensor_by_hand():
+    # bits=3, one scale for the tensor: 2/3
+    out = quantize_dequantize(W, 3, True, "tensor")
+    s = 2 / 3
+    expected = torch.tensor([[1 * s, 0 * s, 0 * s, 1 * s], [-3 * s, 2 * s, 1 * s, 0 * s]])
+    # 0.9/s=1.35->1, -0.3/s=-0.45->0, 0.1/s=0.15->0, 0.45/s=0.675->1, 1.0/s=1.5->2, 0.5/s=.75->1, .25/s=.375->0
+    torch.testing.assert_close(out, expected)
+
+
+def test_rtn_symmetric_group_by_hand():
+    # bits=2: qmax=1. Groups of 2 input weights: row0 [0.9,-0.3] s=.9 -> [1, 0]; [0.1,.45] s=.45 -> [0, 1]
+    out = quantize_dequantize(W, 2, True, "group:2")
+    # row1 [-2,1] s=2 -> [-1, 0.5->0]; [0.5,.25] s=.5 -> [1, .5->0]
+    expected = torch.tensor([[0.9, 0.0, 0.0, 0.45], [-2.0, 0.0, 0.5, 0.0]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_rtn_asymmetric_channel_by_hand():
+    # bits=2: levels=3. Row 0: lo=-0.3, hi=0.9, scale=0.4, zero=round(0.75)=1
+    #   q = clamp(round(w/0.4)+1, 0, 3): 0.9->2.25->2+1=3; -0.3->-0.75->-1+1=0; 0.1->.25->0+1=1; .45->1.125->1+1=2
+    #   deq = (q-1)*0.4 = [0.8, -0.4, 0, 0.4]
+    out = quantize_dequantize(W[:1], 2, False, "channel")
+    torch.testing.assert_close(out, torch.tensor([[0.8, -0.4, 0.0, 0.4]]))
+
+
+def test_rtn_tl_layout_shares_scales_across_heads():
+    # q projection with 2 heads of d_head 2: rows (h0 j0, h0 j1, h1 j0, h1 j1)
+    w = torch.tensor([[1.0, 0.0], [0.0, 0.2], [0.5, 0.0], [0.0, 0.8]])
+    out = quantize_dequantize(w, 2, True, "tl", head_layout=(2, 1, 2))
+    # j0 rows share max 1.0: 0.5 -> round(0.5)=0 ; j1 rows share max 0.8: 0.2 -> round(.25)=0
+    expected = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.8]])
+    torch.testing.assert_close(out, expected)
+    # channel granularity keeps each row's own scale, so nothing rounds to zero
+    torch.testing.assert_close(quantize_dequantize(w, 2, True, "channel"), w)
+
+
+def test_rtn_group_must_divide():
+    from featsurv.errors import FeatsurvError
+
+    with pytest.raises(FeatsurvError, match="group:3"):
+        quantize_dequantize(W, 4, True, "group:3")
+
+
+def test_rtn_compress_writes_back_in_place_and_more_bits_is_closer():
+    lin = torch.nn.Linear(16, 8)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(lin.weight)
+    fp = lin.weight.detach().clone()
+    errs = {}
+    for bits in (8, 4):
+        lin.weight.data.copy_(fp)
+        RTN().compress([WeightTarget("w", lin, "mlp_in")], {"bits": bits, "symmetric": True, "granularity": "channel"})
+        errs[bits] = (lin.weight - fp).abs().max().item()
+        # at most half a step of each row's scale
+        scale = fp.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
+        assert ((lin.weight - fp).abs() <= scale / 2 + 1e-6).all()
+    assert errs[8] < errs[4]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.93])
+def test_magnitude_matches_torch_prune(sparsity):
+    torch.manual_seed(1)
+    a, b = torch.nn.Linear(20, 10), torch.nn.Linear(20, 10)
+    b.load_state_dict(a.state_dict())
+    Magnitude().compress([WeightTarget("a", a, "mlp_in")], {"sparsity": sparsity, "scope": "matrix"})
+    prune.l1_unstructured(b, "weight", amount=sparsity)
+    torch.testing.assert_close(a.weight, b.weight)
+
+
+def test_global_magnitude_matches_torch_global_prune():
+    torch.manual_seed(2)
+    mods = [torch.nn.Linear(12, 6), torch.nn.Linear(6, 9)]
+    copies = [torch.nn.Linear(12, 6), torch.nn.Linear(6, 9)]
+    for m, c in zip(mods, copies):
+        c.load_state_dict(m.state_dict())
+    Magnitude().compress([WeightTarget(str(i), m, "mlp_in") for i, m in enumerate(mods)],
+                         {"sparsity": 0.4, "scope": "global"})
+    prune.global_unstructured([(c, "weight") for c in copies], pruning_method=prune.L1Unstructured, amount=0.4)
+    for m, c in zip(mods, copies):
+        torch.testing.assert_close(m.weight, c.weight)

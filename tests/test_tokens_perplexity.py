@@ -1,0 +1,76 @@
+"""The audit token set and perplexity against Hugging Face's own loss."""
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from featsurv.errors import FeatsurvError
+from featsurv.tokens import build_tokens
+from featsurv_plugins.metric_perplexity import WindowNLL, sliding_perplexity
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_models):
+    return AutoTokenizer.from_pretrained(tiny_models["gpt_neox"])
+
+
+def test_contexts_with_bos_exclude_special_positions(tok, tiny_corpus):
+    docs = tiny_corpus.read_text().split("\n\n")
+    ts = build_tokens(tok, docs, dataset="x", n_tokens=320, context=32, prepend_bos=True)
+    assert ts.contexts.shape == (10, 32)
+    assert (ts.contexts[:, 0] == tok.bos_token_id).all()
+    assert not ts.keep[:, 0].any()
+    eos_positions = ts.contexts == tok.eos_token_id
+    assert not ts.keep[eos_positions].any()
+    assert ts.n_tokens == int((~eos_positions).sum())
+    # the stream is the contexts without the inserted BOS
+    assert torch.equal(ts.contexts[:, 1:].reshape(-1), ts.stream)
+
+
+def test_text_join_without_bos_uses_every_position(tok, tiny_corpus):
+    docs = tiny_corpus.read_text().split("\n\n")
+    ts = build_tokens(tok, docs, dataset="x", n_tokens=256, context=64, prepend_bos=False,
+                      exclude_special=False, join="text")
+    assert ts.n_tokens == 256
+    expected = tok("\n\n".join(docs), add_special_tokens=False)["input_ids"][:256]
+    assert ts.contexts.reshape(-1).tolist() == expected
+
+
+def test_too_short_and_empty_datasets(tok):
+    with pytest.raises(FeatsurvError, match="too short"):
+        build_tokens(tok, ["just a few words"], dataset="tiny", n_tokens=512, context=64, prepend_bos=True)
+    with pytest.raises(FeatsurvError, match="too short"):
+        build_tokens(tok, [], dataset="empty", n_tokens=64, context=64, prepend_bos=True)
+
+
+def test_window_perplexity_matches_hf_loss(tiny_models):
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
+    acc = WindowNLL()
+    with torch.no_grad():
+        acc.update(model(ids[:2]).logits, ids[:2])
+        acc.update(model(ids[2:]).logits, ids[2:])
+        hf_loss = model(ids, labels=ids).loss.item()  # mean over all 3 * 15 predictions
+    assert acc.result()["perplexity"] == pytest.approx(math.exp(hf_loss), rel=1e-5)
+
+
+def test_sliding_perplexity_matches_a_hand_loop(tiny_models):
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]).eval()
+    stream = torch.randint(0, model.config.vocab_size, (50,), generator=torch.Generator().manual_seed(1))
+    out = sliding_perplexity(model, stream, window=20, stride=8)
+    # by hand: every token t >= 1 is scored once, with context starting at the window that first covers it
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        prev_end = 0
+        for begin in range(0, 50, 8):
+            end = min(begin + 20, 50)
+            logp = torch.log_softmax(model(stream[begin:end][None]).logits[0].float(), -1)
+            for pos in range(max(prev_end, begin + 1), end):
+                nll -= logp[pos - begin - 1, stream[pos]].item()
+                count += 1
+            prev_end = end
+            if end == 50:
+                break
+    assert out["n_predicted"] == count == 49
+    assert out["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
