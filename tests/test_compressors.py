@@ -99,3 +99,26 @@ def test_global_magnitude_matches_torch_global_prune():
     prune.global_unstructured([(c, "weight") for c in copies], pruning_method=prune.L1Unstructured, amount=0.4)
     for m, c in zip(mods, copies):
         torch.testing.assert_close(m.weight, c.weight)
+
+
+def test_tl_layout_on_a_tiny_gpt_neox_against_transformerlens_shapes(tiny_models):
+    """Hand computation in TransformerLens's layout: W_Q[n_heads, d_model, d_head], one scale per d_head index."""
+    from featsurv.loading import load_model
+    from featsurv.plugins import get_registry
+
+    loaded = load_model(get_registry(), str(tiny_models["gpt_neox"]))
+    target = next(t for t in loaded.adapter.compressible_weights(loaded.model) if t.role == "qkv")
+    n_heads, parts, d_head = target.head_layout
+    w = target.weight.detach().clone()
+    d_model = w.shape[1]
+    bits = 4
+    qmax = 2 ** (bits - 1) - 1
+    per_head = w.view(n_heads, 3, d_head, d_model)
+    expected = torch.empty_like(per_head)
+    for part in range(3):  # Q, K, V
+        tl = per_head[:, part].transpose(1, 2)  # [n_heads, d_model, d_head], as TransformerLens stores W_Q
+        scale = tl.abs().amax(dim=(0, 1), keepdim=True) / qmax  # one scale per d_head index
+        expected[:, part] = (torch.round(tl / scale) * scale).transpose(1, 2)
+    out = quantize_dequantize(w, bits, True, "tl", target.head_layout)
+    torch.testing.assert_close(out, expected.reshape(w.shape))
+    assert not torch.allclose(out, quantize_dequantize(w, bits, True, "channel"))

@@ -20,7 +20,7 @@ def audit_cmd(compressor: str, params: tuple[str, ...], predict: bool, **kwargs)
     from ..audit import AuditSession
     from ..plugins import get_registry
     from ..runs import run_audit
-    from .table import print_summary
+    from .table import print_published, print_summary
 
     registry = get_registry()
     options, preset = build_options(kwargs)
@@ -33,3 +33,4 @@ def audit_cmd(compressor: str, params: tuple[str, ...], predict: bool, **kwargs)
     result = run_audit(options, configurations, out_dir=kwargs["out_dir"], analyses=analyses, session=session,
                        command="audit " + compressor)
     print_summary(result.summary, result.path)
+    print_published(result.summary, preset)

@@ -42,7 +42,7 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
     from ..compare import run_compare
     from ..params import expand_grid, parse_assignments
     from ..plugins import get_registry
-    from .table import print_summary
+    from .table import print_published, print_summary
 
     registry = get_registry()
     options, preset = build_options(kwargs)
@@ -70,3 +70,4 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
                          rtol=rtol, out_dir=kwargs["out_dir"], analyses=("predictor",) if predict else (),
                          session=session)
     print_summary(result.summary, result.path)
+    print_published(result.summary, preset)

@@ -51,3 +51,38 @@ def print_summary(summary: dict[str, Any], path: Any) -> None:
         for name in ("summary.json", "features.parquet", "run.json", "report.html"):
             if (path / name).exists():
                 click.echo(f"  {path / name}")
+
+
+def _published_match(entry: dict[str, Any], pub: dict[str, Any], in_compare: bool) -> bool:
+    if entry.get("compressor") != pub.get("compressor"):
+        return False
+    params = entry.get("params", {})
+    if "bits" in pub:
+        return params.get("bits") == pub["bits"]
+    return in_compare and pub.get("compressor") == "magnitude"  # the matched-perplexity pruning run
+
+
+def print_published(summary: dict[str, Any], preset: Any) -> None:
+    """Print the reference study's published figures beside this run's own numbers."""
+    published = getattr(preset, "published", None) or {}
+    rows = published.get("results") or []
+    if not rows:
+        return
+    click.echo("")
+    click.echo(f"Published figures ({published.get('source', 'reference')}) beside this run:")
+    click.echo(f"{'configuration':<26} {'survived':>18} {'blurred':>18} {'damaged':>18} {'Δppl':>20}")
+    click.echo(f"{'':<26} {'run / published':>18} {'run / published':>18} {'run / published':>18} {'run / published':>20}")
+    for e in summary.get("results", []):
+        pub = next((p for p in rows if _published_match(e, p, bool(summary.get("comparisons")))), None)
+        if pub is None:
+            continue
+
+        def pair(key: str, fmt: Any = _pct) -> str:
+            theirs = pub.get(key)
+            return f"{fmt(e.get(key)).strip()} / {fmt(theirs).strip() if theirs is not None else 'n/a'}"
+
+        click.echo(f"{e['label']:<26} {pair('survived'):>18} {pair('blurred'):>18} {pair('damaged'):>18} "
+                   f"{pair('perplexity_change'):>20}")
+    for c in summary.get("comparisons", []):
+        click.echo(f"overlap: Jaccard {c.get('jaccard', float('nan')):.3f} / {published.get('jaccard', float('nan')):.3f}, "
+                   f"damage Spearman {c.get('spearman', float('nan')):.3f} / {published.get('spearman', float('nan')):.3f}")

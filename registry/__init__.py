@@ -1,0 +1,1 @@
+"""featsurv presets (TOML files in this folder), installed as the package ``featsurv_registry``."""

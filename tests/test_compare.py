@@ -1,0 +1,65 @@
+"""Matched-perplexity bisection, and `featsurv compare` end to end."""
+import json
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from featsurv.cli import cli
+from featsurv.compare import bisect_knob
+from featsurv.plugins import get_registry
+
+
+class FakeSession:
+    """Perplexity as a known function of the knob; records the values tried."""
+
+    def __init__(self, fn):
+        self.registry = get_registry()
+        self.fn = fn
+        self.tried = []
+
+    def run(self, name, params, features=True):
+        value = params["sparsity"] if "sparsity" in params else params["bits"]
+        self.tried.append(value)
+        return SimpleNamespace(perplexity=self.fn(value))
+
+    def progress(self, msg):
+        pass
+
+
+def test_bisection_reproduces_the_reference_protocol_steps():
+    # ppl grows with sparsity; the target sits between 0.1625 and 0.175
+    session = FakeSession(lambda s: 10 * (1 + s))
+    target = 10 * (1 + 0.17)
+    best, path = bisect_knob(session, "magnitude", {"scope": "matrix"}, "sparsity", 0.0, 0.8, target, 6, 0.0)
+    assert session.tried == pytest.approx([0.4, 0.2, 0.1, 0.15, 0.175, 0.1625])
+    assert best["sparsity"] == pytest.approx(0.175)  # the closest of the six
+    assert [round(p["params"]["sparsity"], 4) for p in path] == [0.4, 0.2, 0.1, 0.15, 0.175, 0.1625]
+
+
+def test_bisection_stops_at_tolerance_and_handles_decreasing_integer_knobs():
+    session = FakeSession(lambda s: 10 * (1 + s))
+    _, path = bisect_knob(session, "magnitude", {"scope": "matrix"}, "sparsity", 0.0, 0.8, 10 * 1.2, 20, 0.01)
+    assert len(path) == 2 and abs(path[-1]["relative_gap"]) <= 0.01
+    # rtn: fewer bits, higher perplexity; target between 4 and 5 bits, nearer 5
+    session = FakeSession(lambda b: 100.0 / b)
+    best, path = bisect_knob(session, "rtn", {"symmetric": True, "granularity": "channel"}, "bits", 2, 8, 100 / 4.8, 10, 0.0)
+    assert best["bits"] == 5
+    assert all(isinstance(p["params"]["bits"], int) for p in path)
+    assert len(set(session.tried)) == len(session.tried)  # never measures the same setting twice
+
+
+def test_compare_end_to_end(tiny_models, tiny_sae, tiny_corpus, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "rtn", "magnitude", "-p", "bits=3", "--model", str(tiny_models["gpt_neox"]),
+            "--sae", str(tiny_sae(tiny_models["gpt_neox"])), "--dataset", str(tiny_corpus), "--tokens", "512",
+            "--context", "32", "--steps", "4", "--bootstrap", "0", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (comp,) = summary["comparisons"]
+    assert comp["a"] == "rtn int3" and comp["b"].startswith("magnitude s=")
+    assert 1 <= len(comp["path"]) <= 4
+    assert comp["matched_params"]["sparsity"] == min(comp["path"], key=lambda p: abs(p["relative_gap"]))["params"]["sparsity"]
+    assert [r["label"] for r in summary["results"]] == [comp["a"], comp["b"]]
+    assert "rtn int3 vs magnitude" in result.output
