@@ -287,8 +287,8 @@ class AuditSession:
                     for hook in hooks:
                         state = self.hooks[hook]
                         _, f = self._encode(state, acts[hook], keep)
-                        fp = state.fp_batches[i - 1].to_dense()
-                        f = f.detach().float().cpu()
+                        fp = state.fp_batches[i - 1].to(f.device).to_dense()
+                        f = f.detach().float()
                         for acc in feats[hook].values():
                             acc.update(fp, f)
                     self.progress.step(label, i, n)

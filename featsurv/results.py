@@ -50,10 +50,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -101,6 +108,7 @@ def write_run(out_dir: str | Path, result: RunResult) -> Path:
         (tmp / RUN_FILE).write_text(dumps(result.run), encoding="utf-8")
         (tmp / SUMMARY_FILE).write_text(dumps(result.summary), encoding="utf-8")
         pq.write_table(pa.Table.from_pandas(result.features, preserve_index=False), tmp / FEATURES_FILE)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; a result is not
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)

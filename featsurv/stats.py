@@ -14,15 +14,21 @@ class StreamingPearson:
     """Per-column Pearson correlation of two [tokens, d] streams, zeros included."""
 
     def __init__(self, d: int, chunk: int = 2048):
+        self.d = d
+        self.n = 0
+        self.chunk = chunk
+        self._ready = False
+
+    def _init(self, device: Any) -> None:
+        """Accumulators live on the device of the first batch (float64 works on CUDA too)."""
         import torch
 
-        z = lambda: torch.zeros(d, dtype=torch.float64)  # noqa: E731
-        self.n = 0
+        z = lambda: torch.zeros(self.d, dtype=torch.float64, device=device)  # noqa: E731
         self.mean_x, self.mean_y, self.m2x, self.m2y, self.cxy = z(), z(), z(), z(), z()
-        self.min_x = torch.full((d,), float("inf"), dtype=torch.float64)
-        self.max_x = torch.full((d,), float("-inf"), dtype=torch.float64)
+        self.min_x = torch.full((self.d,), float("inf"), dtype=torch.float64, device=device)
+        self.max_x = torch.full((self.d,), float("-inf"), dtype=torch.float64, device=device)
         self.min_y, self.max_y = self.min_x.clone(), self.max_x.clone()
-        self.chunk = chunk
+        self._ready = True
 
     def update(self, x: Any, y: Any) -> None:
         for start in range(0, x.shape[0], self.chunk):
@@ -31,8 +37,10 @@ class StreamingPearson:
     def _update(self, x: Any, y: Any) -> None:
         import torch
 
-        x = x.detach().to("cpu", torch.float64)
-        y = y.detach().to("cpu", torch.float64)
+        if not self._ready:
+            self._init(x.device)
+        x = x.detach().to(self.mean_x.device, torch.float64)
+        y = y.detach().to(self.mean_x.device, torch.float64)
         nb = x.shape[0]
         if nb == 0:
             return
@@ -54,19 +62,21 @@ class StreamingPearson:
         torch.maximum(self.max_y, y.amax(0), out=self.max_y)
 
     def constant_x(self) -> np.ndarray:
-        return (self.min_x == self.max_x).numpy()
+        return (self.min_x == self.max_x).cpu().numpy()
 
     def constant_y(self) -> np.ndarray:
         """Columns of y that never changed value (a silenced compressed feature)."""
-        return (self.min_y == self.max_y).numpy()
+        return (self.min_y == self.max_y).cpu().numpy()
 
     def r(self) -> np.ndarray:
         """Pearson r per column; 0 where either column is constant."""
         import torch
 
+        if not self._ready:
+            return np.zeros(self.d)
         denom = torch.sqrt(self.m2x * self.m2y)
         r = torch.where(denom > 0, self.cxy / torch.where(denom > 0, denom, 1.0), torch.zeros_like(denom))
-        r = r.clamp(-1.0, 1.0).numpy()
+        r = r.clamp(-1.0, 1.0).cpu().numpy()
         r[self.constant_x() | self.constant_y()] = 0.0
         return r
 

@@ -164,6 +164,10 @@ class Overlap(Metric):
     description = "Jaccard overlap of non-survived/damaged features and damage-score correlation between configurations"
     default = False
 
+    def compare(self, r_a: Any, r_b: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        """Used by `featsurv compare`: overlap of the two configurations over the active features."""
+        return overlap_stats(r_a, r_b, options.get("survived_above", 0.9), options.get("damaged_below", 0.5))
+
     def analyze(self, run: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         """Overlap for ``options["overlap_pairs"]`` ([(label_a, label_b), ...]) or, by default,
         every pair of configurations, per shared hook; keyed ``"<a> vs <b> @ <hook>"``."""

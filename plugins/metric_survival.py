@@ -26,9 +26,16 @@ class SurvivalAccumulator(FeatureAccumulator):
 
         self.pearson = StreamingPearson(d_sae)
         self.options = options
+        self.blocks = None
+        if options.get("bootstrap", 0) > 0:
+            from featsurv.bootstrap import BlockMoments
+
+            self.blocks = BlockMoments(d_sae)  # one block per batch of contexts
 
     def update(self, fp, compressed) -> None:
         self.pearson.update(fp, compressed)
+        if self.blocks is not None:
+            self.blocks.update(fp, compressed)
 
     def result(self, fp_stats: dict[str, np.ndarray]) -> FeatureResult:
         opts = self.options
@@ -46,6 +53,12 @@ class SurvivalAccumulator(FeatureAccumulator):
             "n_silenced": int((silenced & active).sum()),
             "counts": {b: int((band[active] == b).sum()) for b in BANDS},
         }
+        if self.blocks is not None:
+            from featsurv.bootstrap import bootstrap_band_ci
+
+            summary["ci"] = bootstrap_band_ci(
+                self.blocks, active, opts.get("survived_above", 0.9), opts.get("damaged_below", 0.5),
+                n_resamples=opts["bootstrap"], seed=opts.get("seed", 0))
         return FeatureResult(summary, {"r": r, "band": band, "active": active, "silenced": silenced})
 
 

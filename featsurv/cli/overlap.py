@@ -18,9 +18,9 @@ def overlap_cmd(result_dir: str, label_a: str, label_b: str, hook: str | None, a
     counts behind them. Labels are those of the run's configurations (quote them).
     """
     from ..results import RunResult, dumps
-    from .predict import builtin_plugin
+    from .predict import metric_module
 
     run = RunResult.load(result_dir)
-    mod = builtin_plugin("metric_overlap")
+    mod = metric_module("overlap")
     res = mod.overlap_between(run, label_a, label_b, hook)
     click.echo(dumps(res), nl=False) if as_json else click.echo(mod.format_overlap(res))

@@ -6,18 +6,14 @@ import click
 from ..errors import FeatsurvError
 
 
-def builtin_plugin(module: str):
-    """Import a built-in plugin module (``featsurv_plugins.X``, or ``plugins.X`` in a source checkout)."""
-    import importlib
+def metric_module(name: str):
+    """The module of the metric plugin registered as ``name``, found through the plugin registry."""
+    import sys
 
-    for package in ("featsurv_plugins", "plugins"):
-        try:
-            return importlib.import_module(f"{package}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name not in (package, f"{package}.{module}"):
-                raise
-    raise FeatsurvError(f"The built-in plugin module {module!r} cannot be imported",
-                        hint="Reinstall featsurv (pip install -e .) so that featsurv_plugins is importable")
+    from ..plugins import get_registry
+
+    metric = get_registry().get("metrics", name)  # unknown or disabled: a clear error
+    return sys.modules[type(metric).__module__]
 
 
 @click.command("predict")
@@ -42,7 +38,7 @@ def predict_cmd(result_dir: str, folds: int, seed: int, no_report: bool, as_json
     if run.features is None or len(run.features) == 0:
         raise FeatsurvError(f"{result_dir!r} holds no per-feature results (features.parquet is empty)",
                             hint="Run `featsurv audit` with at least one configuration first")
-    mod = builtin_plugin("metric_predictor")
+    mod = metric_module("predictor")
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
     predictors = mod.predict_run(run, k=folds, seed=seed, progress=progress)
     run.summary["predictors"] = predictors

@@ -97,7 +97,6 @@ def write_report(result: Any, out_dir: str | Path | None = None, top_n: int = 10
 
     ``out_dir`` defaults to the run's own directory (``result.path``).
     """
-    from ..results import write_text_atomic
     from . import figures as F
 
     out = Path(out_dir) if out_dir is not None else result.path
@@ -292,7 +291,7 @@ def write_report(result: Any, out_dir: str | Path | None = None, top_n: int = 10
                 "the figures are the PNG files beside it.</p>")
 
     path = out / REPORT_FILE
-    write_text_atomic(path, H.page(title, body))
+    F.write_text(path, H.page(title, body))
     return path
 
 

@@ -30,11 +30,35 @@ def save_png(fig: Any, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically, with ordinary (umask) permissions rather than mkstemp's 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        _readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _readable(path: str) -> None:
+    """Give a mkstemp file (0600) the permissions a plain open() would have (0666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _num(v: Any) -> float | None:
@@ -95,7 +119,6 @@ def fig_bands(rows: Sequence[dict[str, Any]]) -> Any:
                  else "Feature survival per configuration")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 if n < 4 else -0.08), ncol=3, frameon=False)
     ax.margins(y=0.02)
-    fig.get_layout_engine().set(rect=(0, 0, 0.8, 1))
     return fig
 
 
@@ -179,8 +202,10 @@ def fig_roc(predictors: dict[str, Any], models: Sequence[str] = ("logistic", "li
             if any(isinstance(res.get(m), dict) and res[m].get("roc") for m in models)]
     if not have:
         return None
-    fig = _figure(4.3 * len(models), 4.3)
+    fig = _figure(5.0 * len(models), 4.6)
     cmap = colormaps["viridis"]
+    hooks = {str(res.get("hook") or "") for _, res in have}
+    names = {key: (str(res.get("label", key)) if len(hooks) == 1 else key) for key, res in have}
     for j, model in enumerate(models):
         ax = fig.add_subplot(1, len(models), j + 1)
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
@@ -191,15 +216,14 @@ def fig_roc(predictors: dict[str, Any], models: Sequence[str] = ("logistic", "li
             roc = sub["roc"]
             ax.plot(roc["fpr"], roc["tpr"], drawstyle="steps-post", lw=1.5,
                     color=cmap(i / max(len(have) - 1, 1) * 0.9),
-                    label=f"{key}: AUC {sub['auc_mean']:.3f} ± {sub['auc_std']:.3f}")
-        ax.set_title({"logistic": "Logistic regression", "lightgbm": "LightGBM"}.get(model, model))
+                    label=f"{names[key]}: AUC {sub['auc_mean']:.3f} ± {sub['auc_std']:.3f}")
+        ax.set_title({"logistic": "Logistic regression", "lightgbm": "LightGBM"}.get(model, model)
+                     + " (out-of-fold ROC)", fontsize=10)
         ax.set_xlabel("false-positive rate")
         ax.set_ylabel("true-positive rate (survived)")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Predicting survival from FP statistics (pooled out-of-fold ROC; legend: mean ± std of fold AUCs)",
-                 fontsize=9)
     return fig
 
 

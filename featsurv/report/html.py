@@ -45,12 +45,13 @@ def pct(v: Any, signed: bool = False) -> str:
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: Sequence[int] = (0,),
           row_classes: Sequence[str] | None = None) -> str:
     """An HTML table; cells are escaped unless given as ``Raw``."""
-    out = ["<table>", "<tr>" + "".join(f'<th class="{"l" if i in left else ""}">{esc(h)}</th>'
-                                       for i, h in enumerate(headers)) + "</tr>"]
+    def attr(i: int) -> str:
+        return ' class="l"' if i in left else ""
+
+    out = ["<table>", "<tr>" + "".join(f"<th{attr(i)}>{esc(h)}</th>" for i, h in enumerate(headers)) + "</tr>"]
     for k, row in enumerate(rows):
         cls = row_classes[k] if row_classes and k < len(row_classes) and row_classes[k] else ""
-        cells = "".join(f'<td class="{"l" if i in left else ""}">{c if isinstance(c, Raw) else esc(c)}</td>'
-                        for i, c in enumerate(row))
+        cells = "".join(f"<td{attr(i)}>{c if isinstance(c, Raw) else esc(c)}</td>" for i, c in enumerate(row))
         out.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
     out.append("</table>")
     return "\n".join(out)
