@@ -356,3 +356,51 @@ def test_cli_plugins_dir_environment(plugins_dir):
 def test_cli_plugins_dir_missing(tmp_path):
     out = _featsurv("--plugins-dir", str(tmp_path / "nope"), "plugins")
     assert out.returncode == 2 and "does not exist or is not a folder" in out.stderr
+
+
+# --------------------------------------------------------------------------- known host gaps
+# Each is reported to the host's maintainers with the fix; xfail (not strict) until it lands.
+WRONG_ARGUMENT = '''
+from featsurv import hookimpl
+
+
+@hookimpl
+def register_compressors(reg):  # the specification names it `register`
+    pass
+'''
+
+
+@pytest.mark.xfail(reason="Registry.add_plugin calls pm.register() outside its try block, so pluggy's "
+                          "PluginValidationError (hookimpl argument not in the hookspec) escapes as a traceback",
+                   strict=False)
+def test_hookimpl_with_a_wrong_argument_name_is_a_warning(make_dist):
+    make_dist("argplug", modules={"argplug_mod": WRONG_ARGUMENT})
+    with pytest.warns(PluginWarning, match="plugin 'argplug'"):
+        registry = build_registry()
+    assert "argplug" not in registry.plugins and "rtn" in registry.names("compressors")
+
+
+@pytest.mark.xfail(reason="load_directory() ignores FEATSURV_DISABLE_PLUGINS, although the warning for a "
+                          "broken directory plugin suggests it", strict=False)
+def test_disable_plugins_applies_to_plugins_dir(plugins_dir, monkeypatch, recwarn):
+    (plugins_dir / "badfile.py").write_text(BROKEN_ON_IMPORT)
+    monkeypatch.setenv("FEATSURV_DISABLE_PLUGINS", "badfile,localplug")
+    registry = build_registry(plugins_dir=plugins_dir)
+    assert "localplug" not in registry.plugins
+    assert not [w for w in recwarn if issubclass(w.category, PluginWarning)]
+
+
+@pytest.mark.xfail(reason="the `cli` group callback ignores --plugins-dir; only featsurv.cli.main() reads it "
+                          "(from argv), so click's CliRunner on `cli` does not load the folder", strict=False)
+def test_plugins_dir_option_through_click_runner(plugins_dir):
+    from click.testing import CliRunner
+
+    from featsurv.cli import cli
+    from featsurv.plugins import set_plugins_dir
+
+    try:
+        res = CliRunner().invoke(cli, ["--plugins-dir", str(plugins_dir), "plugins", "--json"])
+        assert res.exit_code == 0, res.output
+        assert "localplug" in {p["name"] for p in json.loads(res.output)}
+    finally:
+        set_plugins_dir(None)

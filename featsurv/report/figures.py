@@ -116,8 +116,8 @@ def fig_bands(rows: Sequence[dict[str, Any]]) -> Any:
     ax.xaxis.set_major_formatter(_percent_formatter())
     ax.set_xlabel("fraction of active features")
     ax.set_title("Feature survival per configuration (error bars: bootstrap CI)" if any(r.get("ci") for r in rows)
-                 else "Feature survival per configuration")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 if n < 4 else -0.08), ncol=3, frameon=False)
+                 else "Feature survival per configuration", pad=24)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=9)
     ax.margins(y=0.02)
     return fig
 
