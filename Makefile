@@ -10,12 +10,12 @@ STAMP := $(VENV)/.featsurv-installed
 
 .PHONY: demo test install clean artefacts
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/featsurv-torchao/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	if [ -n "$(TORCH)" ] && ! $(PY) -c "import torch" 2>/dev/null; then $(PIP) install -q "$(TORCH)"; fi
 	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q -e ./plugins/featsurv-torchao 2>/dev/null || true
+	$(PIP) install -q -e ./plugins/featsurv-torchao
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/featsurv compare rtn magnitude --out featsurv-runs/demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests plugins/featsurv-torchao/tests
 
 # Rebuild the embedded corpus, model and SAEs (minutes; see docs/training.md).
 artefacts: $(STAMP)

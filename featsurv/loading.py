@@ -37,8 +37,12 @@ def load_model(registry: Registry, source: str, *, adapter: str | None = None, d
     chosen = pick_adapter(registry, config, adapter)
     loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     try:
-        chosen.layers(loaded.model)
-    except (AttributeError, IndexError, KeyError):
+        # resolve everything the audit will need now, so a mismatch fails before any work
+        n_layers = len(chosen.layers(loaded.model))
+        chosen.compressible_weights(loaded.model)
+        for kind in ("resid_post", "attn_out", "mlp_out"):
+            chosen.hook_point(loaded.model, f"blocks.{n_layers - 1}.hook_{kind}")
+    except (AttributeError, IndexError, KeyError, TypeError):
         raise FeatsurvError(
             f"Adapter {chosen.name!r} cannot find the decoder blocks of model {source!r} "
             f"(type {config.model_type!r})",
@@ -68,6 +72,10 @@ def load_sae(registry: Registry, spec: str, *, device: str = "cpu", dtype: str =
 
 
 def dataset_source(registry: Registry, spec: str) -> Any:
+    """The source named by a ``NAME:`` prefix, else the first that recognises the spec."""
+    head, sep, _ = spec.partition(":")
+    if sep and head in registry.items["datasets"]:
+        return registry.get("datasets", head)
     for source in registry.all("datasets"):
         if source.can_load(spec):
             return source

@@ -103,9 +103,9 @@ class Registry:
         if name in self.plugins:
             raise FeatsurvError(f"Two plugins are named {name!r} ({self.plugins[name].distribution} "
                                 f"and {distribution})", hint="Rename or disable one of them")
-        self.pm.register(module, name=name)
         self.plugins[name] = PluginInfo(name, distribution, version, module)
         try:
+            self.pm.register(module, name=name)
             self.pm.check_pending()
             for kind, (hook, _, _) in KIND_SPECS.items():
                 for impl in getattr(self.pm.hook, hook).get_hookimpls():
@@ -170,8 +170,11 @@ def load_directory(registry: Registry, folder: str | Path) -> None:
     if not path.is_dir():
         raise FeatsurvError(f"Plugins directory {str(folder)!r} does not exist or is not a folder",
                             hint="Pass a folder holding plugin modules (*.py) to --plugins-dir")
+    block = _csv_env("FEATSURV_DISABLE_PLUGINS") or set()
     for file in sorted(path.glob("*.py")):
         name = file.stem
+        if name in block:
+            continue
         mod_name = f"featsurv_dir_plugin_{name}"
         try:
             spec = importlib.util.spec_from_file_location(mod_name, file)

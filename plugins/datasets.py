@@ -46,7 +46,11 @@ class LocalText(DatasetSource):
     description = "A local .txt (documents separated by blank lines) or .jsonl ({'text': ...} per line) file"
 
     def can_load(self, spec: str) -> bool:
-        return not spec.startswith(("hf:", "featsurv:")) and (Path(spec).suffix in (".txt", ".jsonl", ".text", ".md") or Path(spec).is_file())
+        if Path(spec).is_file():
+            return True
+        head, sep, _ = spec.partition(":")
+        prefixed = bool(sep) and len(head) > 1 and "/" not in head  # NAME:... belongs to another source
+        return not prefixed and Path(spec).suffix in (".txt", ".jsonl", ".text", ".md")
 
     def documents(self, spec: str) -> Iterator[str]:
         return _read_file(Path(spec))

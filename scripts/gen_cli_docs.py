@@ -28,7 +28,8 @@ def render() -> str:
     from featsurv.cli import COMMANDS, cli
 
     parts = [INTRO]
-    ctx = click.Context(cli, info_name="featsurv", terminal_width=100, max_content_width=100)
+    ctx = click.Context(cli, info_name="featsurv", terminal_width=100, max_content_width=100,
+                        help_option_names=["-h", "--help"])
     parts.append("## featsurv\n\n```text\n" + cli.get_help(ctx).rstrip() + "\n```\n")
     for name in sorted(COMMANDS):
         cmd = cli.get_command(ctx, name)

@@ -358,8 +358,7 @@ def test_cli_plugins_dir_missing(tmp_path):
     assert out.returncode == 2 and "does not exist or is not a folder" in out.stderr
 
 
-# --------------------------------------------------------------------------- known host gaps
-# Each is reported to the host's maintainers with the fix; xfail (not strict) until it lands.
+# --------------------------------------------------------------------------- host gaps found in review (fixed)
 WRONG_ARGUMENT = '''
 from featsurv import hookimpl
 
@@ -370,9 +369,6 @@ def register_compressors(reg):  # the specification names it `register`
 '''
 
 
-@pytest.mark.xfail(reason="Registry.add_plugin calls pm.register() outside its try block, so pluggy's "
-                          "PluginValidationError (hookimpl argument not in the hookspec) escapes as a traceback",
-                   strict=False)
 def test_hookimpl_with_a_wrong_argument_name_is_a_warning(make_dist):
     make_dist("argplug", modules={"argplug_mod": WRONG_ARGUMENT})
     with pytest.warns(PluginWarning, match="plugin 'argplug'"):
@@ -380,8 +376,6 @@ def test_hookimpl_with_a_wrong_argument_name_is_a_warning(make_dist):
     assert "argplug" not in registry.plugins and "rtn" in registry.names("compressors")
 
 
-@pytest.mark.xfail(reason="load_directory() ignores FEATSURV_DISABLE_PLUGINS, although the warning for a "
-                          "broken directory plugin suggests it", strict=False)
 def test_disable_plugins_applies_to_plugins_dir(plugins_dir, monkeypatch, recwarn):
     (plugins_dir / "badfile.py").write_text(BROKEN_ON_IMPORT)
     monkeypatch.setenv("FEATSURV_DISABLE_PLUGINS", "badfile,localplug")
@@ -390,8 +384,6 @@ def test_disable_plugins_applies_to_plugins_dir(plugins_dir, monkeypatch, recwar
     assert not [w for w in recwarn if issubclass(w.category, PluginWarning)]
 
 
-@pytest.mark.xfail(reason="the `cli` group callback ignores --plugins-dir; only featsurv.cli.main() reads it "
-                          "(from argv), so click's CliRunner on `cli` does not load the folder", strict=False)
 def test_plugins_dir_option_through_click_runner(plugins_dir):
     from click.testing import CliRunner
 

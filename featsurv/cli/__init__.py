@@ -65,6 +65,10 @@ def cli(plugins_dir: str | None) -> None:
     Run `featsurv compare rtn magnitude` on the embedded default model, or
     `featsurv audit rtn -p bits=8,6,4 --model DIR --sae DIR` on your own.
     """
+    from .. import plugins
+
+    if plugins_dir and plugins_dir != plugins._PLUGINS_DIR:  # invoked without main(), e.g. CliRunner
+        plugins.set_plugins_dir(plugins_dir)
 
 
 def _plugin_commands(argv: list[str]) -> None:
@@ -80,8 +84,15 @@ def _plugin_commands(argv: list[str]) -> None:
     from ..plugins import _plugin_failed
 
     for impl in registry.pm.hook.register_commands.get_hookimpls():
+        before = set(cli.commands)
         try:
             impl.function(cli=cli)
+            for name in set(cli.commands) - before:
+                if name in COMMANDS:
+                    import warnings
+
+                    warnings.warn(f"featsurv: plugin {impl.plugin_name!r} replaces the built-in command {name!r}",
+                                  stacklevel=1)
         except Exception as exc:  # one plugin's broken command must not hide the others
             info = registry.plugins.get(impl.plugin_name)
             _plugin_failed(impl.plugin_name, info.distribution if info else "?", exc)
