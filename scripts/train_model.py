@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32, help="contexts per step")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     model.generation_config.pad_token_id = 1
     model.save_pretrained(args.out, safe_serialization=True)
     tokenizer.save_pretrained(args.out)
+    for f in args.out.iterdir():
+        if f.is_file():
+            f.chmod(0o644)  # safetensors writes 0600; package data must be world-readable
     size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
 
     stats = {

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-sae", type=int, default=1024)
     ap.add_argument("--k", type=int, default=24, help="TopK: active features per token")
     ap.add_argument("--l1", type=float, default=5.0, help="standard: L1 coefficient")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
@@ -283,6 +283,20 @@ def main(argv: list[str] | None = None) -> int:
             d_sae=inference.cfg.d_sae,
         )
         results[hook_name] = ev
+        # Record the held-out figures next to sae-lens's own metadata (free-form field).
+        cfg_path = out_dir / "cfg.json"
+        cfg_json = json.loads(cfg_path.read_text())
+        cfg_json["metadata"]["featsurv_heldout_eval"] = {
+            "explained_variance": round(ev["explained_variance"], 4),
+            "l0": round(ev["l0"], 2),
+            "dead_fraction": round(ev["dead_fraction"], 4),
+            "tokens": ev["tokens"],
+            "delta_nll_spliced": round(ev["delta_nll"], 4),
+        }
+        cfg_path.write_text(json.dumps(cfg_json, indent=2) + "\n")
+        for f in out_dir.iterdir():
+            f.chmod(0o644)  # safetensors writes 0600; package data must be world-readable
+        SAE.load_from_disk(out_dir)  # still loads
         log(f"[{hook_name}] held-out: EV {ev['explained_variance']:.4f} L0 {ev['l0']:.1f} "
             f"dead {ev['n_dead']}/{ev['d_sae']} dNLL {ev['delta_nll']:+.4f} "
             f"(saved {rel(out_dir)})")
