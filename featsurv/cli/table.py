@@ -40,6 +40,17 @@ def print_summary(summary: dict[str, Any], path: Any) -> None:
         for key in ("jaccard", "jaccard_damaged", "spearman", "pearson"):
             if key in c and c[key] is not None:
                 click.echo(f"  {key:<16} {c[key]:.3f}")
+    predictors = summary.get("predictors") or {}
+    if predictors:
+        click.echo("")
+        click.echo("Survival predicted from FP statistics (stratified 5-fold CV ROC AUC):")
+        for key, p in predictors.items():
+            parts = [f"{m} {p[m]['auc_mean']:.3f}" for m in ("logistic", "lightgbm")
+                     if isinstance(p.get(m), dict) and p[m].get("auc_mean") is not None]
+            best = (p.get("marginal") or [{}])[0]
+            if best.get("statistic"):
+                parts.append(f"best single: {best['statistic']} {best['auc']:.3f}")
+            click.echo(f"  {key:<44} " + ("; ".join(parts) if parts else str(p.get("skipped", "skipped"))))
     if flagged:
         click.echo("")
         click.echo(click.style(
