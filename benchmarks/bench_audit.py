@@ -40,8 +40,8 @@ def main() -> int:
     dense = sum(session.tokens.n_tokens * s.sae.d_sae * 4 for s in session.hooks.values())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out = {
-        "preset": preset.name, "tokens": n, "fp_pass_s": round(t_fp, 2), "config_s": round(t_cfg, 2),
-        "fp_tokens_per_s": round(n / t_fp), "config_tokens_per_s": round(n / t_cfg),
+        "preset": preset.name, "tokens": n, "prepare_s (load + FP pass)": round(t_fp, 2), "config_s": round(t_cfg, 2),
+        "config_tokens_per_s": round(n / t_cfg),
         "fp_cache_mib": round(cache / 2**20, 1), "dense_equivalent_mib": round(dense / 2**20, 1),
         "peak_rss_gib": round(peak_gib, 2),
     }
