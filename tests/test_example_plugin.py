@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tomllib
 from importlib import metadata
+import os
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,9 @@ def _why_not_installed() -> str | None:
     return None
 
 
-needs_plugin = pytest.mark.skipif(_why_not_installed() is not None, reason=str(_why_not_installed()))
+# CI (CI=true) installs the example distribution through `make test`: there, a missing plugin fails.
+needs_plugin = pytest.mark.skipif(_why_not_installed() is not None and not os.environ.get("CI"),
+                                  reason=str(_why_not_installed()))
 
 
 @pytest.fixture(autouse=True)
