@@ -21,6 +21,16 @@ from .progress import Progress
 from .tokens import TokenSet, build_tokens
 
 
+def _same_model(sae_model: str, *names: str) -> bool:
+    """Loose match of an SAE's ``model_name`` metadata against the model's id or path."""
+    want = sae_model.lower().rstrip("/").split("/")[-1]
+    for name in names:
+        have = str(name or "").lower().rstrip("/").split("/")[-1].split(":")[-1]
+        if have and (want in have or have in want):
+            return True
+    return False
+
+
 def _sparse(f: Any) -> Any:
     """FP features of one batch, kept as a CSR matrix (they are mostly zeros)."""
     import warnings
@@ -54,8 +64,8 @@ class AuditOptions:
     survived_above: float = 0.9
     damaged_below: float = 0.5
     perplexity_mode: str = "window"
-    ppl_window: int = 2048
-    ppl_stride: int = 512
+    ppl_window: int | None = None  # sliding window; default min(2048, the model's positions)
+    ppl_stride: int | None = None  # sliding stride; default a quarter of the window
     ppl_tolerance: float = 0.01
     survival_target: float = 0.9
     bootstrap: int = 1000
@@ -119,10 +129,39 @@ class AuditSession:
     def _timed(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
 
+    def validate(self) -> None:
+        """Check every option that needs no model, before any loading."""
+        import torch
+
+        o = self.options
+        for name in ("n_tokens", "batch_size"):
+            if getattr(o, name) < 1:
+                raise FeatsurvError(f"Bad {name.replace('n_', '').replace('_', '-')} {getattr(o, name)}",
+                                    allowed="a whole number of 1 or more")
+        if o.context is not None and o.context < 2:
+            raise FeatsurvError(f"Bad --context {o.context}", allowed="2 or more")
+        bad_scope = set(o.scope) - {"attn", "mlp", "embed", "lm_head"}
+        if bad_scope or not o.scope:
+            raise FeatsurvError(f"Bad --scope {','.join(o.scope)!r}", allowed="a comma list of attn, mlp, embed, lm_head")
+        if o.perplexity_mode not in ("window", "sliding"):
+            raise FeatsurvError(f"Unknown perplexity mode {o.perplexity_mode!r}", allowed=["window", "sliding"])
+        if (o.ppl_window is not None and o.ppl_window < 2) or (o.ppl_stride is not None and (
+                o.ppl_stride < 1 or (o.ppl_window is not None and o.ppl_stride > o.ppl_window))):
+            raise FeatsurvError(f"Bad sliding perplexity window {o.ppl_window} / stride {o.ppl_stride}",
+                                allowed="window >= 2 and 0 < stride <= window")
+        try:
+            device = torch.device(o.device)
+        except (RuntimeError, TypeError):
+            raise FeatsurvError(f"Unknown device {o.device!r}", allowed="cpu, cuda, cuda:N, mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise FeatsurvError(f"Device {o.device!r} was asked for, but this torch has no CUDA device",
+                                hint="Pass --device cpu, or install a CUDA build of torch")
+
     def prepare(self) -> None:
         """Load model, SAEs and tokens, check they fit, run the FP pass and the fit check."""
         import torch
 
+        self.validate()
         o = self.options
         t0 = time.perf_counter()
         torch.manual_seed(o.seed)
@@ -132,6 +171,16 @@ class AuditSession:
         model = self.loaded.model
         n_layers = len(self.loaded.adapter.layers(model))
         d_model = model.config.hidden_size
+        self.loaded.adapter.compressible_weights(model, o.scope)  # a scope this model cannot take fails now
+        max_pos = getattr(model.config, "max_position_embeddings", None)
+        if o.perplexity_mode == "sliding":
+            if o.ppl_window is None:
+                o.ppl_window = min(2048, max_pos or 2048)
+            if o.ppl_stride is None:
+                o.ppl_stride = max(1, o.ppl_window // 4)
+            if max_pos and o.ppl_window > max_pos:
+                raise FeatsurvError(f"Sliding perplexity window {o.ppl_window} exceeds the {max_pos} positions of "
+                                    f"model {o.model!r}", hint=f"Pass --ppl-window {max_pos} or less")
         if o.hooks and len(o.hooks) != len(o.saes):
             raise FeatsurvError(f"Got {len(o.hooks)} --hook values for {len(o.saes)} --sae values",
                                 hint="Give one --hook per --sae, in the same order, or none to use the SAEs' metadata")
@@ -145,6 +194,9 @@ class AuditSession:
             if o.hooks and sae.hook_name and sae.hook_name != hook:
                 self.progress(f"warning: SAE {spec} was trained at {sae.hook_name}, audited at {hook} (--hook)")
             parse_hook(hook, n_layers)
+            if sae.model_name and not _same_model(sae.model_name, o.model, getattr(model.config, "_name_or_path", "")):
+                self.progress(f"warning: SAE {spec} says it was trained on {sae.model_name!r}, not {o.model!r}; "
+                              "the fit check below tells whether it fits")
             if sae.d_in != d_model:
                 raise FeatsurvError(
                     f"SAE {spec!r} expects d_in={sae.d_in}, but model {o.model!r} has width {d_model} at {hook}",
@@ -154,6 +206,9 @@ class AuditSession:
             self.hooks[hook] = HookState(hook, sae)
         first = next(iter(self.hooks.values())).sae
         context = o.context or first.context_size or 128
+        if max_pos and context > max_pos:
+            raise FeatsurvError(f"Context {context} exceeds the {max_pos} positions of model {o.model!r}",
+                                hint=f"Pass --context {max_pos} or less")
         prepend_bos = o.prepend_bos if o.prepend_bos is not None else (first.prepend_bos if first.prepend_bos is not None else True)
         self.progress(f"tokenizing {o.dataset}: {o.n_tokens} tokens in contexts of {context}"
                       f"{' with BOS' if prepend_bos else ', no BOS'}")
@@ -210,6 +265,7 @@ class AuditSession:
             "perplexity_mode": o.perplexity_mode,
             "metrics": model_metrics,
             "saes": {h: {"spec": s.sae.spec, "architecture": s.sae.architecture, "d_in": s.sae.d_in,
+                         "model_name": s.sae.model_name,
                          "d_sae": s.sae.d_sae, "explained_variance": s.explained_variance,
                          "n_active": int((s.fp_stats["firing_rate"] > o.min_firing_rate).sum())}
                      for h, s in self.hooks.items()},
@@ -284,13 +340,17 @@ class AuditSession:
                     out = self._forward(ids)
                     for acc in accs.values():
                         acc.update(out.logits, ids.to(out.logits.device))
+                    rows = keep.sum(1).tolist()
                     for hook in hooks:
                         state = self.hooks[hook]
                         _, f = self._encode(state, acts[hook], keep)
                         fp = state.fp_batches[i - 1].to(f.device).to_dense()
                         f = f.detach().float()
-                        for acc in feats[hook].values():
-                            acc.update(fp, f)
+                        # one update per context: the bootstrap resamples contexts, whatever the batch size
+                        for fp_c, f_c in zip(fp.split(rows), f.split(rows)):
+                            if fp_c.shape[0]:
+                                for acc in feats[hook].values():
+                                    acc.update(fp_c, f_c)
                     self.progress.step(label, i, n)
             model_metrics = {name: acc.result() for name, acc in accs.items()}
             model_metrics.update(self._evaluate())

@@ -1,12 +1,13 @@
 """`featsurv compare A B`: match B's knob to A's perplexity by bisection, then compare features."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from .audit import AuditOptions, AuditSession
 from .errors import FeatsurvError
-from .results import RunResult
+from .results import RunResult, check_out_dir
 from .runs import assemble, finish
 
 
@@ -30,21 +31,23 @@ def bisect_knob(session: AuditSession, name: str, base: dict[str, Any], knob: st
             if mid in tried:
                 break
         tried.add(mid)
-        params = {**base, knob: mid if integer else float(mid)}
+        params = {**base, knob: spec.parse(mid if integer else float(mid), name)}
         ppl = session.run(name, params, features=False).perplexity
-        gap = ppl / target - 1.0
+        gap = ppl / target - 1.0 if math.isfinite(ppl) else float("inf")  # NaN/inf: broken, too damaging
         path.append({"params": params, "perplexity": ppl, "relative_gap": gap})
         session.progress(f"  bisection {knob}={mid:g}: perplexity {ppl:.4g} (target {target:.4g}, gap {gap:+.2%})")
         if abs(gap) <= rtol:
             break
-        too_damaging = ppl > target
+        too_damaging = not ppl <= target
         if too_damaging == harder_up:
             hi = mid
         else:
             lo = mid
-    if not path:
-        raise FeatsurvError(f"The search range of {knob!r} is empty", hint="Pass a wider --range LO,HI")
-    best = min(path, key=lambda step: abs(step["relative_gap"]))
+    finite = [step for step in path if math.isfinite(step["relative_gap"])]
+    if not finite:
+        raise FeatsurvError(f"No setting of {knob!r} tried on its search range gave a finite perplexity",
+                            hint="Pass a narrower --range LO,HI")
+    best = min(finite, key=lambda step: abs(step["relative_gap"]))
     return best["params"], path
 
 
@@ -59,12 +62,17 @@ def run_compare(options: AuditOptions, a: tuple[str, dict[str, Any]], b: tuple[s
     if knob is None:
         raise FeatsurvError(f"Compressor {b[0]!r} declares no knob to search",
                             hint="Pass --knob NAME naming one of its numeric parameters")
-    names = [p.name for p in comp_b.params]
-    if knob not in names:
-        raise FeatsurvError(f"Unknown knob {knob!r} for compressor {b[0]!r}", allowed=names)
+    specs = {p.name: p for p in comp_b.params}
+    numeric = [n for n, p in specs.items() if p.type in (int, float)]
+    if knob not in numeric:
+        raise FeatsurvError(f"Unknown or non-numeric knob {knob!r} for compressor {b[0]!r}", allowed=numeric)
     lo, hi = knob_range or comp_b.knob_range or (None, None)
     if lo is None or hi is None or lo > hi:
         raise FeatsurvError(f"Bad search range {knob_range!r} for {knob!r}", allowed="LO,HI with LO <= HI")
+    for end in (lo, hi):  # both ends must be allowed values of the knob
+        specs[knob].parse(int(end) if specs[knob].type is int and float(end).is_integer() else end, b[0])
+    if out_dir is not None:
+        check_out_dir(out_dir)  # refuse a bad --out before any work
     session.prepare()
     session.progress(f"reference {session.registry.get('compressors', a[0]).label(a[1])}")
     out_a = session.run(*a)

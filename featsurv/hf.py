@@ -132,7 +132,12 @@ class HFDecoderAdapter(ModelAdapter):
                                             self.head_layout(model, role)))
         if "lm_head" in scope:
             head = model.get_output_embeddings()
-            if head is not None and not any(t.module.weight is head.weight for t in targets):
+            tied = head is not None and head.weight is model.get_input_embeddings().weight
+            if tied and "embed" not in scope:
+                raise FeatsurvError(
+                    "This model's LM head is tied to its input embedding, so --scope lm_head would compress "
+                    "the embedding too", hint="Pass --scope with both embed and lm_head, or neither")
+            if head is not None and not tied:
                 targets.append(WeightTarget(names.get(id(head), "lm_head"), head, "lm_head"))
         return targets
 

@@ -96,12 +96,31 @@ class RunResult:
         write_json_atomic(self.path / SUMMARY_FILE, self.summary)
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Resolve the result directory and refuse one that holds anything but an earlier result.
+
+    Called before any work starts, and again just before writing.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise FeatsurvError(f"--out {str(out_dir)!r} is a file, not a folder",
+                                hint="Pass a new folder name, or an earlier featsurv result folder to replace")
+        is_result = (out / RUN_FILE).is_file() and (out / SUMMARY_FILE).is_file()
+        if any(out.iterdir()) and not is_result:
+            raise FeatsurvError(
+                f"--out {str(out_dir)!r} is a folder with other files in it; featsurv replaces only "
+                "empty folders and its own earlier results",
+                hint="Pass a new folder name (it is created), e.g. --out featsurv-runs/my-audit")
+    return out
+
+
 def write_run(out_dir: str | Path, result: RunResult) -> Path:
     """Write run.json, summary.json and features.parquet into ``out_dir`` atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .audit import AuditOptions, AuditSession, Outcome
-from .results import RunResult, write_run
+from .results import RunResult, check_out_dir, write_run
 
 Configuration = tuple[str, dict[str, Any]]
 
@@ -64,6 +64,8 @@ def run_audit(options: AuditOptions, configurations: Sequence[Configuration], *,
               command: str = "audit", analyses: Sequence[str] = (), session: AuditSession | None = None) -> RunResult:
     """Audit every configuration against the FP model; write and return the result."""
     session = session or AuditSession(options)
+    if out_dir is not None:
+        check_out_dir(out_dir)  # refuse a bad --out before any work
     session.prepare()
     outcomes = [session.run(name, params) for name, params in configurations]
     result = assemble(session, outcomes, command)

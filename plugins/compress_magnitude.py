@@ -1,4 +1,8 @@
-"""Compressor ``magnitude``: unstructured magnitude pruning (per weight matrix or global)."""
+"""Compressor ``magnitude``: unstructured magnitude pruning (per weight matrix or global).
+
+Per matrix, a fused QKV projection (GPT-NeoX) counts as three matrices, Q, K and V, as it does in
+TransformerLens's layout and in models with separate projections.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -16,6 +20,16 @@ def prune_mask(abs_w: Any, sparsity: float) -> Any:
     if k > 0:
         mask[torch.topk(flat, k, largest=False).indices] = True
     return mask.reshape(abs_w.shape)
+
+
+def _matrices(target: WeightTarget) -> list[Any]:
+    """The logical weight matrices of a target, as views: Q, K and V of a fused QKV are separate."""
+    w = target.weight
+    if target.head_layout is not None and target.head_layout[1] > 1:
+        n_heads, parts, d_head = target.head_layout
+        view = w.view(n_heads, parts, d_head, w.shape[1])
+        return [view[:, p] for p in range(parts)]
+    return [w]
 
 
 class Magnitude(Compressor):
@@ -42,7 +56,8 @@ class Magnitude(Compressor):
         with torch.no_grad():
             if params.get("scope", "matrix") == "matrix":
                 for t in targets:
-                    t.weight[prune_mask(t.weight.abs(), s)] = 0
+                    for part in _matrices(t):
+                        part[prune_mask(part.abs(), s)] = 0
                 return
             flat = torch.cat([t.weight.detach().abs().float().reshape(-1) for t in targets])
             mask = prune_mask(flat, s)

@@ -23,7 +23,7 @@ def quantize_dequantize(w: Any, bits: int, symmetric: bool = True, granularity: 
     """Return ``w`` rounded to a ``bits``-bit grid, in float32, same shape.
 
     Symmetric: ``scale = max|w| / (2^(b-1) - 1)``, no zero point. Asymmetric:
-    ``scale = (max - min) / (2^b - 1)`` with an integer zero point. The max/min run over the
+    ``scale = (max - min) / (2^b - 1)`` with an integer zero point, the range widened to include 0. The max/min run over the
     elements that share a scale: the whole tensor, each output row (channel), each group of G
     consecutive input weights of a row, or (``tl``) TransformerLens's layout, where q/k/v rows laid
     out as ``(n_heads, n_parts, d_head)`` share one scale per (part, d_head index) across heads.
@@ -56,8 +56,10 @@ def quantize_dequantize(w: Any, bits: int, symmetric: bool = True, granularity: 
         out = q * scale
     else:
         levels = 2 ** bits - 1
-        lo = view.amin(dim=dims, keepdim=True)
-        hi = view.amax(dim=dims, keepdim=True)
+        # the range always contains 0 (as torchao and most deployed schemes do), so a constant
+        # group is represented exactly and zero stays exactly zero
+        lo = view.amin(dim=dims, keepdim=True).clamp(max=0)
+        hi = view.amax(dim=dims, keepdim=True).clamp(min=0)
         scale = (hi - lo) / levels
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         zero = torch.round(-lo / scale)

@@ -27,7 +27,7 @@ def _read_file(path: Path) -> Iterator[str]:
         raise FeatsurvError(f"Dataset file {str(path)!r} does not exist",
                             hint="Pass an existing .txt or .jsonl file, hf:NAME[:CONFIG[:SPLIT]], or featsurv:heldout")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8", errors="strict") as fh:
             for i, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -38,7 +38,12 @@ def _read_file(path: Path) -> Iterator[str]:
                                         hint="Write one {\"text\": ...} object per line") from None
                 yield text
         return
-    yield from _paragraphs(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FeatsurvError(f"Dataset file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                            hint="Convert it to UTF-8 (e.g. iconv -t utf-8) and run again") from None
+    yield from _paragraphs(text)
 
 
 class LocalText(DatasetSource):

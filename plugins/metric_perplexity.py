@@ -79,8 +79,8 @@ class Perplexity(Metric):
     def evaluate(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         if self._mode(options) != "sliding":
             return None
-        window = int(options.get("ppl_window", 2048))
-        stride = int(options.get("ppl_stride", 512))
+        window = int(options.get("ppl_window") or 2048)
+        stride = int(options.get("ppl_stride") or max(1, window // 4))
         if not 0 < stride <= window:
             raise FeatsurvError(f"Bad sliding perplexity stride {stride} for window {window}",
                                 allowed="0 < stride <= window")

@@ -122,3 +122,30 @@ def test_tl_layout_on_a_tiny_gpt_neox_against_transformerlens_shapes(tiny_models
     out = quantize_dequantize(w, bits, True, "tl", target.head_layout)
     torch.testing.assert_close(out, expected.reshape(w.shape))
     assert not torch.allclose(out, quantize_dequantize(w, bits, True, "channel"))
+
+
+def test_magnitude_prunes_q_k_v_of_a_fused_projection_as_separate_matrices():
+    torch.manual_seed(3)
+    n_heads, d_head, d_in = 2, 3, 5
+    lin = torch.nn.Linear(d_in, 3 * n_heads * d_head, bias=False)
+    with torch.no_grad():  # make K much larger than Q and V: one shared threshold would prune only Q and V
+        lin.weight.view(n_heads, 3, d_head, d_in)[:, 1] *= 100
+    fp = lin.weight.detach().clone().view(n_heads, 3, d_head, d_in)
+    Magnitude().compress([WeightTarget("qkv", lin, "qkv", 0, (n_heads, 3, d_head))], {"sparsity": 0.5, "scope": "matrix"})
+    out = lin.weight.detach().view(n_heads, 3, d_head, d_in)
+    for part in range(3):
+        ref = torch.nn.Linear(d_in, n_heads * d_head, bias=False)
+        with torch.no_grad():
+            ref.weight.copy_(fp[:, part].reshape(-1, d_in))
+        prune.l1_unstructured(ref, "weight", amount=0.5)
+        torch.testing.assert_close(out[:, part].reshape(-1, d_in), ref.weight)
+        assert int((out[:, part] == 0).sum()) == round(0.5 * n_heads * d_head * d_in)
+
+
+def test_rtn_asymmetric_keeps_constant_groups_and_zero_exact():
+    w = torch.tensor([[0.3, 0.3, 0.3, 0.3], [0.5, 0.7, 0.6, 0.9]])
+    out = quantize_dequantize(w, 8, False, "channel")
+    torch.testing.assert_close(out[0], w[0])  # range [0, 0.3]: 0.3 is the top level
+    # row 1: range widened to [0, 0.9], scale 0.9/255, zero point 0
+    scale = 0.9 / 255
+    torch.testing.assert_close(out[1], torch.round(w[1] / scale) * scale)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import audit_options, build_options, parse_configurations, progress_for
+from .common import audit_options, build_options, published_for, parse_configurations, progress_for
 
 
 @click.command(name="audit")
@@ -33,4 +33,4 @@ def audit_cmd(compressor: str, params: tuple[str, ...], predict: bool, **kwargs)
     result = run_audit(options, configurations, out_dir=kwargs["out_dir"], analyses=analyses, session=session,
                        command="audit " + compressor)
     print_summary(result.summary, result.path)
-    print_published(result.summary, preset)
+    print_published(result.summary, published_for(options, preset))

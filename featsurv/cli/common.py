@@ -14,12 +14,12 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--sae", "saes", multiple=True, help="SAE: sae-lens directory or RELEASE:SAE_ID. Repeat for several hooks."),
     click.option("--hook", "hooks", multiple=True, help="Hook of each --sae (default: the SAE's metadata)."),
     click.option("--dataset", default=None, help="file.txt, file.jsonl, hf:NAME[:CONFIG[:SPLIT]] or featsurv:heldout."),
-    click.option("--tokens", "n_tokens", type=int, default=None, help="Token budget (contexts x context length)."),
-    click.option("--context", type=int, default=None, help="Context length (default: the SAE's context_size, else 128)."),
+    click.option("--tokens", "n_tokens", type=click.IntRange(min=1), default=None, help="Token budget (contexts x context length)."),
+    click.option("--context", type=click.IntRange(min=2), default=None, help="Context length (default: the SAE's context_size, else 128)."),
     click.option("--bos/--no-bos", "prepend_bos", default=None, help="Prepend BOS to each context (default: the SAE's metadata)."),
     click.option("--keep-special", is_flag=True, default=None, help="Use positions holding special tokens too."),
     click.option("--join", type=click.Choice(["eos", "text"]), default=None, help="Join documents with EOS, or as one text with blank lines."),
-    click.option("--batch-size", type=int, default=None, help="Contexts per forward pass."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Contexts per forward pass."),
     click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None),
     click.option("--device", default=None, help="cpu, cuda, cuda:1, ..."),
     click.option("--seed", type=int, default=None, help="Random seed (default 0)."),
@@ -27,11 +27,11 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--min-explained-variance", type=float, default=None, help="Fit check threshold (default 0.5; 0 disables)."),
     click.option("--min-firing-rate", type=float, default=None, help="Active feature: FP firing rate above this (default 0.001)."),
     click.option("--perplexity", "perplexity_mode", type=click.Choice(["window", "sliding"]), default=None),
-    click.option("--ppl-window", type=int, default=None, help="Sliding perplexity window (default 2048)."),
-    click.option("--ppl-stride", type=int, default=None, help="Sliding perplexity stride (default 512)."),
+    click.option("--ppl-window", type=int, default=None, help="Sliding perplexity window (default min(2048, model positions))."),
+    click.option("--ppl-stride", type=int, default=None, help="Sliding perplexity stride (default window / 4)."),
     click.option("--ppl-tolerance", type=float, default=None, help="'Perplexity misses damage' tolerance (default 0.01)."),
     click.option("--survival-target", type=float, default=None, help="'Perplexity misses damage' survival target (default 0.9)."),
-    click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for confidence intervals (0: off; default 1000)."),
+    click.option("--bootstrap", type=click.IntRange(min=0), default=None, help="Bootstrap resamples for confidence intervals (0: off; default 1000)."),
     click.option("--metric", "metrics", multiple=True, help="Also run this metric plugin."),
     click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model repo's own code (off by default)."),
     click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Result directory (default featsurv-runs/TIME-KIND)."),
@@ -68,6 +68,8 @@ def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     values: dict[str, Any] = dict(preset.options) if preset else {}
     if preset and "model" in given and "saes" not in given:
         raise FeatsurvError("--model was given without --sae", hint="Pass --sae for the model, or drop --model to use the preset")
+    if "saes" in given and "hooks" not in given:
+        values.pop("hooks", None)  # the preset's hooks belong to the preset's SAEs
     values.update(given)
     if "saes" not in values:
         raise FeatsurvError("No SAE given", hint="Pass --sae DIR_OR_RELEASE:ID (repeat for several hooks)")
@@ -77,6 +79,17 @@ def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     if preset:
         values["preset"] = preset.name
     return AuditOptions(**values), preset
+
+
+def published_for(options: Any, preset: Any) -> Any:
+    """The preset, when the run used its model and SAEs (so its published figures compare), else None."""
+    from ..data_paths import resolve
+
+    if preset is None or options.model != preset.options.get("model"):
+        return None
+    if [resolve(s) for s in preset.options.get("saes", [])] != list(options.saes):
+        return None
+    return preset
 
 
 def progress_for(quiet: bool) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..errors import FeatsurvError
-from .common import audit_options, build_options, progress_for
+from .common import audit_options, build_options, published_for, progress_for
 
 
 def _range(value: str | None) -> tuple[float, float] | None:
@@ -70,4 +70,4 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
                          rtol=rtol, out_dir=kwargs["out_dir"], analyses=("predictor",) if predict else (),
                          session=session)
     print_summary(result.summary, result.path)
-    print_published(result.summary, preset)
+    print_published(result.summary, published_for(options, preset))
