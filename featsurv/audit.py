@@ -71,6 +71,7 @@ class AuditOptions:
     bootstrap: int = 1000
     metrics: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
+    center_activations: bool = False
     preset: str | None = None
 
     def metric_options(self) -> dict[str, Any]:
@@ -225,6 +226,10 @@ class AuditSession:
 
     def _encode(self, state: HookState, acts: Any, keep: Any) -> tuple[Any, Any]:
         x = acts[keep.to(acts.device)].to(state.sae.sae.dtype if hasattr(state.sae.sae, "dtype") else acts.dtype)
+        if self.options.center_activations:
+            # TransformerLens's center_writing_weights convention: every write to the residual
+            # stream has zero mean across d_model, so SAEs trained on it expect centred activations
+            x = x - x.mean(dim=-1, keepdim=True)
         return x, state.sae.encode(x)
 
     def _fp_pass(self) -> None:
@@ -282,7 +287,8 @@ class AuditSession:
                     f"SAE {state.sae.spec!r} explains only {ev:.3f} of the variance of FP activations at "
                     f"{hook} (threshold {o.min_explained_variance}): it does not fit this model and these tokens. "
                     "Likely causes: the wrong layer or hook; a missing or extra BOS token (--bos/--no-bos); "
-                    "an activation centring or scaling convention the SAE expects; an SAE trained on another model",
+                    "an activation centring convention the SAE expects (SAEs trained through TransformerLens on "
+                    "LayerNorm models often need --center-activations); an SAE trained on another model",
                     hint="Fix the pairing, or pass --min-explained-variance 0 to audit anyway")
 
     # ------------------------------------------------------------------ metrics

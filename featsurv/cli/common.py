@@ -17,6 +17,9 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--tokens", "n_tokens", type=click.IntRange(min=1), default=None, help="Token budget (contexts x context length)."),
     click.option("--context", type=click.IntRange(min=2), default=None, help="Context length (default: the SAE's context_size, else 128)."),
     click.option("--bos/--no-bos", "prepend_bos", default=None, help="Prepend BOS to each context (default: the SAE's metadata)."),
+    click.option("--center-activations/--no-center-activations", default=None,
+                 help="Subtract each token's mean across d_model before encoding (TransformerLens's "
+                      "center_writing_weights convention)."),
     click.option("--keep-special", is_flag=True, default=None, help="Use positions holding special tokens too."),
     click.option("--join", type=click.Choice(["eos", "text"]), default=None, help="Join documents with EOS, or as one text with blank lines."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Contexts per forward pass."),
