@@ -149,7 +149,7 @@ class Compressor(ABC):
     def label(self, params: dict[str, Any]) -> str:
         """A short label for one configuration, e.g. ``rtn bits=6``."""
         shown = [f"{p.name}={params[p.name]}" for p in self.params
-                 if p.name in params and params[p.name] != p.default or p.name == self.knob]
+                 if p.name in params and (params[p.name] != p.default or p.name == self.knob)]
         return " ".join([self.name, *shown])
 
 

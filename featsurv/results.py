@@ -50,7 +50,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,6 +61,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def make_readable(path: str | Path) -> None:
+    """Give a mkstemp file (0600) the permissions a plain open() would have (0666 & ~umask)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

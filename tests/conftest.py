@@ -7,3 +7,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["featsurv.testing"]
+
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def cli_base_args(tiny_models, tiny_sae, tiny_corpus):
+    """Options for a small CLI audit of the tiny GPT-NeoX with an exact SAE."""
+    return ["--model", str(tiny_models["gpt_neox"]), "--sae", str(tiny_sae(tiny_models["gpt_neox"])),
+            "--dataset", str(tiny_corpus), "--tokens", "512", "--context", "32", "--bootstrap", "0", "-q"]

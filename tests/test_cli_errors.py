@@ -10,9 +10,8 @@ from featsurv.testing import write_exact_sae
 
 
 @pytest.fixture(scope="module")
-def base_args(tiny_models, tiny_sae, tiny_corpus):
-    return ["--model", str(tiny_models["gpt_neox"]), "--sae", str(tiny_sae(tiny_models["gpt_neox"])),
-            "--dataset", str(tiny_corpus), "--tokens", "512", "--context", "32", "--bootstrap", "0", "-q"]
+def base_args(cli_base_args):
+    return cli_base_args
 
 
 def invoke(args):

@@ -11,9 +11,8 @@ from featsurv.runs import run_audit
 
 
 @pytest.fixture(scope="module")
-def base(tiny_models, tiny_sae, tiny_corpus):
-    return ["--model", str(tiny_models["gpt_neox"]), "--sae", str(tiny_sae(tiny_models["gpt_neox"])),
-            "--dataset", str(tiny_corpus), "--tokens", "512", "--context", "32", "--bootstrap", "0", "-q"]
+def base(cli_base_args):
+    return cli_base_args
 
 
 def run(args):

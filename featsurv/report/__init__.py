@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..results import write_text_atomic
 from . import html as H
 
 REPORT_FILE = "report.html"
@@ -291,7 +292,7 @@ def write_report(result: Any, out_dir: str | Path | None = None, top_n: int = 10
                 "the figures are the PNG files beside it.</p>")
 
     path = out / REPORT_FILE
-    F.write_text(path, H.page(title, body))
+    write_text_atomic(path, H.page(title, body))
     return path
 
 

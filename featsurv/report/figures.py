@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..results import make_readable
+
 BAND_COLORS = {"survived": "#2e8b57", "blurred": "#e0a030", "damaged": "#c0392b"}
 ALERT = "#c0392b"
 
@@ -30,35 +32,12 @@ def save_png(fig: Any, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
-        _readable(tmp)
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically, with ordinary (umask) permissions rather than mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _readable(path: str) -> None:
-    """Give a mkstemp file (0600) the permissions a plain open() would have (0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _num(v: Any) -> float | None:
