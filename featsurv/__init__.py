@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import (
+    Batch,
     Compressor,
     DatasetSource,
     FeatureAccumulator,
@@ -21,7 +22,7 @@ from .params import Param
 __version__ = "0.1.0"
 
 __all__ = [
-    "Compressor", "DatasetSource", "FeatureAccumulator", "FeatureResult", "FeatsurvError",
+    "Batch", "Compressor", "DatasetSource", "FeatureAccumulator", "FeatureResult", "FeatsurvError",
     "LoadedModel", "LoadedSAE", "Metric", "ModelAccumulator", "ModelAdapter", "Param",
     "SAESource", "WeightTarget", "hookimpl", "__version__",
 ]

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .base import FeatureResult, LoadedModel, LoadedSAE
+from .base import Batch, FeatureResult, LoadedModel, LoadedSAE
 from .errors import FeatsurvError
 from .hf import parse_hook
 from .loading import dataset_source, load_model, load_sae
@@ -171,9 +171,9 @@ class AuditSession:
                                  trust_remote_code=o.trust_remote_code)
         model = self.loaded.model
         n_layers = len(self.loaded.adapter.layers(model))
-        d_model = model.config.hidden_size
+        d_model = self.loaded.adapter.width(model)
         self.loaded.adapter.compressible_weights(model, o.scope)  # a scope this model cannot take fails now
-        max_pos = getattr(model.config, "max_position_embeddings", None)
+        max_pos = self.loaded.adapter.max_positions(model)
         if o.perplexity_mode == "sliding":
             if o.ppl_window is None:
                 o.ppl_window = min(2048, max_pos or 2048)
@@ -222,7 +222,7 @@ class AuditSession:
         self._fit_check()
 
     def _forward(self, ids: Any) -> Any:
-        return self.loaded.model(ids.to(self.options.device), use_cache=False)
+        return self.loaded.adapter.forward(self.loaded.model, ids.to(self.options.device))
 
     def _encode(self, state: HookState, acts: Any, keep: Any) -> tuple[Any, Any]:
         x = acts[keep.to(acts.device)].to(state.sae.sae.dtype if hasattr(state.sae.sae, "dtype") else acts.dtype)
@@ -247,9 +247,9 @@ class AuditSession:
         self.progress(f"FP pass over {tokens.n_contexts} contexts ({tokens.n_tokens} kept tokens)")
         with torch.no_grad(), capture(self.loaded.adapter, self.loaded.model, list(self.hooks)) as acts:
             for i, (ids, keep) in enumerate(tokens.batches(o.batch_size), 1):
-                out = self._forward(ids)
+                logits = self._forward(ids)
                 for acc in accs.values():
-                    acc.update(out.logits, ids.to(out.logits.device))
+                    acc.update(logits, ids.to(logits.device))
                 for hook, state in self.hooks.items():
                     x, f = self._encode(state, acts[hook], keep)
                     ev[hook].update(x, state.sae.decode(f))
@@ -337,26 +337,26 @@ class AuditSession:
         try:
             torch.manual_seed(o.seed)
             compressor.compress(targets, dict(params))
+            for t in targets:
+                t.sync()
             accs = self._model_accumulators()
             feats = {h: self._feature_accumulators(s.sae.d_sae) for h, s in self.hooks.items()} if features else {}
             n = self.tokens.n_batches(o.batch_size)
             hooks = list(self.hooks) if features else []
             with torch.no_grad(), capture(adapter, model, hooks) as acts:
                 for i, (ids, keep) in enumerate(self.tokens.batches(o.batch_size), 1):
-                    out = self._forward(ids)
+                    logits = self._forward(ids)
                     for acc in accs.values():
-                        acc.update(out.logits, ids.to(out.logits.device))
-                    rows = keep.sum(1).tolist()
+                        acc.update(logits, ids.to(logits.device))
+                    batch = Batch(i - 1, (i - 1) * o.batch_size, keep.sum(1).tolist(),
+                                  keep.nonzero()[:, 1], ids)
                     for hook in hooks:
                         state = self.hooks[hook]
                         _, f = self._encode(state, acts[hook], keep)
                         fp = state.fp_batches[i - 1].to(f.device).to_dense()
                         f = f.detach().float()
-                        # one update per context: the bootstrap resamples contexts, whatever the batch size
-                        for fp_c, f_c in zip(fp.split(rows), f.split(rows)):
-                            if fp_c.shape[0]:
-                                for acc in feats[hook].values():
-                                    acc.update(fp_c, f_c)
+                        for acc in feats[hook].values():
+                            acc.update(fp, f, batch)
                     self.progress.step(label, i, n)
             model_metrics = {name: acc.result() for name, acc in accs.items()}
             model_metrics.update(self._evaluate())
@@ -364,6 +364,7 @@ class AuditSession:
             with torch.no_grad():
                 for t, w in zip(targets, snapshot):
                     t.weight.copy_(w)
+                    t.sync()
         results = {h: {name: acc.result(self.hooks[h].fp_stats) for name, acc in accs_h.items()}
                    for h, accs_h in feats.items()}
         outcome = Outcome(compressor_name, dict(params), label, model_metrics, results)

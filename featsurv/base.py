@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from .params import Param
 
@@ -26,6 +26,12 @@ class WeightTarget:
     ``role`` is one of q, k, v, qkv (fused), o, mlp_in, mlp_gate, mlp_out, embed, lm_head.
     ``head_layout`` describes the output rows of attention projections as
     ``(n_heads, n_parts, d_head)`` (``n_parts`` is 3 for a fused QKV, else 1); None elsewhere.
+
+    ``weight`` is always a 2-D ``[out, in]`` tensor that a compressor changes in place. Most
+    adapters hand out ``module.weight`` itself. An adapter whose storage has another layout
+    (GPT-2's transposed ``Conv1D``, a slice of a fused matrix, TransformerLens's per-head
+    ``W_Q``) passes ``tensor``: a view of the storage, or a materialized ``[out, in]`` copy
+    together with ``write_back``, which the host calls after every change so the model sees it.
     """
 
     name: str
@@ -33,10 +39,17 @@ class WeightTarget:
     role: str
     layer: int | None = None
     head_layout: tuple[int, int, int] | None = None
+    tensor: Any = None
+    write_back: Callable[["torch.Tensor"], None] | None = None
 
     @property
     def weight(self) -> "torch.Tensor":
-        return self.module.weight
+        return self.module.weight if self.tensor is None else self.tensor
+
+    def sync(self) -> None:
+        """Make the model see ``weight`` (the host calls this after compressing and restoring)."""
+        if self.write_back is not None:
+            self.write_back(self.weight)
 
 
 @dataclass
@@ -79,6 +92,18 @@ class ModelAdapter(ABC):
     @abstractmethod
     def compressible_weights(self, model: Any, scope: Sequence[str] = ("attn", "mlp")) -> list[WeightTarget]:
         """The weight matrices in ``scope`` (attn, mlp, embed, lm_head)."""
+
+    def forward(self, model: Any, input_ids: "torch.Tensor") -> "torch.Tensor":
+        """Logits ``[batch, ctx, vocab]`` of one forward pass (default: a Hugging Face causal LM)."""
+        return model(input_ids, use_cache=False).logits
+
+    def width(self, model: Any) -> int:
+        """The residual stream width ``d_model`` (default: ``config.hidden_size``)."""
+        return int(model.config.hidden_size)
+
+    def max_positions(self, model: Any) -> int | None:
+        """The most positions one context may have, or None when unbounded."""
+        return getattr(model.config, "max_position_embeddings", None)
 
 
 # --------------------------------------------------------------------------- SAEs
@@ -141,6 +166,16 @@ class Compressor(ABC):
     knob_increases_compression: ClassVar[bool] = True
     #: Default parameters when this compressor is the reference side (A) of `compare`.
     compare_default: ClassVar[dict[str, Any]] = {}
+    #: Other names this compressor answers to (listed by `featsurv plugins`; a clash is an error).
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: True when ``calibrate`` must run before ``compress`` (data-aware methods: Wanda, GPTQ...).
+    needs_calibration: ClassVar[bool] = False
+
+    def calibrate(self, model: LoadedModel, targets: list[WeightTarget], calibration: Any) -> None:
+        """Fires once per audit, after the FP pass and before any configuration, when
+        ``needs_calibration`` is set. ``calibration`` is a token set disjoint from the audit
+        tokens (``calibration.batches(batch_size)`` yields ``(input_ids, keep)``); keep what
+        ``compress`` needs on ``self``. The model is full precision during the call."""
 
     @abstractmethod
     def compress(self, targets: list[WeightTarget], params: dict[str, Any]) -> None:
@@ -178,12 +213,28 @@ class FeatureResult:
     per_feature: dict[str, "np.ndarray"] = field(default_factory=dict)
 
 
+@dataclass
+class Batch:
+    """Where the kept tokens of one batch come from.
+
+    ``context_sizes[i]`` kept tokens belong to context ``first_context + i``, in order; they sum
+    to the number of rows of the feature tensors. ``positions`` ``[tokens]`` is each kept
+    token's position in its context, ``input_ids`` ``[batch, ctx]`` the batch's token ids.
+    """
+
+    index: int
+    first_context: int
+    context_sizes: list[int]
+    positions: Any = None
+    input_ids: Any = None
+
+
 class FeatureAccumulator(ABC):
     """Streams FP and compressed SAE features of the same tokens, batch by batch."""
 
     @abstractmethod
-    def update(self, fp: "torch.Tensor", compressed: "torch.Tensor") -> None:
-        """``fp`` and ``compressed`` are ``[tokens, d_sae]`` for the same kept tokens."""
+    def update(self, fp: "torch.Tensor", compressed: "torch.Tensor", batch: Batch) -> None:
+        """``fp`` and ``compressed`` are ``[tokens, d_sae]`` for the same kept tokens of ``batch``."""
 
     @abstractmethod
     def result(self, fp_stats: dict[str, "np.ndarray"]) -> FeatureResult:

@@ -71,6 +71,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self.items: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
+        self.aliases: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
 
     # ------------------------------------------------------------------ registration
     def make_register(self, kind: str, plugin: str) -> Callable[[Any], Any]:
@@ -87,12 +88,16 @@ class Registry:
             if not isinstance(name, str) or not name or any(c.isspace() or c in ",=:" for c in name):
                 raise TypeError(f"plugin {plugin!r} registered a {noun} with a bad name {name!r}: "
                                 "use a non-empty name without spaces, commas, '=' or ':'")
-            existing = self.items[kind].get(name)
-            if existing is not None:
-                raise FeatsurvError(
-                    f"Two plugins register a {noun} named {name!r}: {existing.plugin!r} and {plugin!r}",
-                    hint="Uninstall or disable one of them (FEATSURV_DISABLE_PLUGINS=NAME)")
+            names = [name, *getattr(item, "aliases", ())]
+            for key in names:
+                existing = self.items[kind].get(key) or self.aliases[kind].get(key)
+                if existing is not None:
+                    raise FeatsurvError(
+                        f"Two plugins register a {noun} named {key!r}: {existing.plugin!r} and {plugin!r}",
+                        hint="Uninstall or disable one of them (FEATSURV_DISABLE_PLUGINS=NAME)")
             self.items[kind][name] = Entry(item, plugin)
+            for alias in names[1:]:
+                self.aliases[kind][alias] = Entry(item, plugin)
             self.plugins[plugin].provides.setdefault(kind, []).append(name)
             return item
 
@@ -123,6 +128,7 @@ class Registry:
             return
         for kind in self.items:
             self.items[kind] = {k: e for k, e in self.items[kind].items() if e.plugin != name}
+            self.aliases[kind] = {k: e for k, e in self.aliases[kind].items() if e.plugin != name}
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
 
@@ -131,13 +137,14 @@ class Registry:
         return sorted(self.items[kind])
 
     def get(self, kind: str, name: str) -> Any:
-        entry = self.items[kind].get(name)
+        entry = self.items[kind].get(name) or self.aliases[kind].get(name)
         if entry is None:
             raise unknown(KIND_SPECS[kind][2], name, self.names(kind))
         return entry.item
 
     def provider(self, kind: str, name: str) -> PluginInfo:
-        return self.plugins[self.items[kind][name].plugin]
+        entry = self.items[kind].get(name) or self.aliases[kind][name]
+        return self.plugins[entry.plugin]
 
     def all(self, kind: str) -> list[Any]:
         return [self.items[kind][n].item for n in self.names(kind)]

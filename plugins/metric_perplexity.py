@@ -34,7 +34,7 @@ class WindowNLL(ModelAccumulator):
 
 
 def sliding_perplexity(model: Any, stream: Any, window: int, stride: int, bos_id: int | None = None,
-                       device: str = "cpu") -> dict[str, Any]:
+                       device: str = "cpu", forward: Any = None) -> dict[str, Any]:
     """Hugging Face fixed-length perplexity over a 1-D token stream (optionally one leading BOS)."""
     import torch
 
@@ -49,7 +49,7 @@ def sliding_perplexity(model: Any, stream: Any, window: int, stride: int, bos_id
             ids = stream[begin:end].unsqueeze(0).to(device)
             labels = ids.clone()
             labels[:, :-trg_len] = -100
-            logits = model(ids).logits.float()
+            logits = (forward(model, ids) if forward else model(ids).logits).float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
                 shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
@@ -85,7 +85,8 @@ class Perplexity(Metric):
             raise FeatsurvError(f"Bad sliding perplexity stride {stride} for window {window}",
                                 allowed="0 < stride <= window")
         return sliding_perplexity(model.model, tokens.stream, window, stride,
-                                  tokens.bos_id if tokens.prepend_bos else None, model.device)
+                                  tokens.bos_id if tokens.prepend_bos else None, model.device,
+                                  model.adapter.forward)
 
 
 @hookimpl

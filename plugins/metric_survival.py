@@ -32,10 +32,13 @@ class SurvivalAccumulator(FeatureAccumulator):
 
             self.blocks = BlockMoments(d_sae)  # one block per batch of contexts
 
-    def update(self, fp, compressed) -> None:
-        self.pearson.update(fp, compressed)
-        if self.blocks is not None:
-            self.blocks.update(fp, compressed)
+    def update(self, fp, compressed, batch) -> None:
+        # one update per context: the bootstrap resamples contexts, whatever the batch size
+        for fp_c, f_c in zip(fp.split(batch.context_sizes), compressed.split(batch.context_sizes)):
+            if fp_c.shape[0]:
+                self.pearson.update(fp_c, f_c)
+                if self.blocks is not None:
+                    self.blocks.update(fp_c, f_c)
 
     def result(self, fp_stats: dict[str, np.ndarray]) -> FeatureResult:
         opts = self.options

@@ -232,7 +232,9 @@ def _exercise_metrics(registry: Registry, folder: Path, request) -> None:
     assert metric.default is False
     acc = metric.feature_accumulator(3, {})
     fp = torch.tensor([[1.0, 0.0, 2.0], [1.0, 1.0, 0.0]])
-    acc.update(fp, torch.tensor([[0.0, 0.0, 2.0], [1.0, 0.0, 0.0]]))
+    from featsurv import Batch
+
+    acc.update(fp, torch.tensor([[0.0, 0.0, 2.0], [1.0, 0.0, 0.0]]), Batch(0, 0, [2]))
     result = acc.result({})
     assert result.per_feature["lost_share"].tolist() == [0.5, 1.0, 0.0]
     # and through a real audit, asked for with --metric
