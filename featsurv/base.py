@@ -171,6 +171,17 @@ class Compressor(ABC):
     #: True when ``calibrate`` must run before ``compress`` (data-aware methods: Wanda, GPTQ...).
     needs_calibration: ClassVar[bool] = False
 
+    def search_knob(self, params: dict[str, Any]) -> str | None:
+        """The knob `compare` may bisect for these fixed parameters (None: nothing left to search,
+        e.g. an N:M pattern that fixes sparsity). Default: ``knob``."""
+        return self.knob
+
+    def transform(self, model: LoadedModel, targets: list[WeightTarget], params: dict[str, Any]) -> Any:
+        """A change to the model beyond its weights for one configuration (activation or KV-cache
+        quantization): return a context manager, or None. The host enters it after ``compress``
+        for the configuration's forward passes and always exits it (in a ``finally``)."""
+        return None
+
     def calibrate(self, model: LoadedModel, targets: list[WeightTarget], calibration: Any) -> None:
         """Fires once per audit, after the FP pass and before any configuration, when
         ``needs_calibration`` is set. ``calibration`` is a token set disjoint from the audit
