@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from featsurv import FeatsurvError
-from featsurv.audit import AuditOptions, AuditSession
+from featsurv.audit import AuditSession, make_options
 from featsurv.capture import capture
 from featsurv.hf import get_path
 from featsurv.loading import load_model
@@ -161,7 +161,7 @@ def test_generic_matches_decoder_configs_only(registry):
 
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"])
 def test_short_audit(registry, family_dir, tiny_sae, tiny_corpus, tmp_path, hook):
-    options = AuditOptions(model=str(family_dir), saes=[str(tiny_sae(family_dir, hook))], dataset=str(tiny_corpus),
+    options = make_options(model=str(family_dir), saes=[str(tiny_sae(family_dir, hook))], dataset=str(tiny_corpus),
                            n_tokens=384, bootstrap=0)
     session = AuditSession(options, registry, Progress(quiet=True))
     run_audit(options, [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"}),
