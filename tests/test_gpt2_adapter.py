@@ -158,6 +158,44 @@ def test_tied_embedding_scopes(gpt2):
     assert full[0].module is model.transformer.wte and not [t for t in full if t.role == "lm_head"]
 
 
+def _tl_config(model):
+    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+
+    return HookedTransformerConfig(n_layers=N_LAYERS, d_model=D_MODEL, n_ctx=N_CTX, d_head=D_HEAD, n_heads=N_HEADS,
+                                   d_mlp=4 * D_MODEL, d_vocab=model.config.vocab_size, act_fn="gelu_new",
+                                   normalization_type="LN", original_architecture="GPT2LMHeadModel")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("processed", [False, True])
+def test_hooks_match_transformer_lens(gpt2, processed):
+    """Every hook equals TransformerLens's on the same weights; with from_pretrained's processing
+    (fold_ln, center_writing_weights, ...), as sae-lens's gpt2-small-res-jb was trained, it equals the
+    Hugging Face activation minus its mean across d_model: what --center-activations computes."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+
+    model = gpt2.model
+    cfg = _tl_config(model)
+    tl = HookedTransformer(cfg)
+    tl.load_and_process_state_dict(convert_gpt2_weights(model, cfg), fold_ln=processed,
+                                   center_writing_weights=processed, center_unembed=processed,
+                                   fold_value_biases=processed)
+    tl.eval()
+    hooks = [f"blocks.{L}.hook_{k}" for L in range(N_LAYERS) for k in ("resid_pre", "resid_post", "attn_out", "mlp_out")]
+    ids = _ids(model)
+    with torch.no_grad(), capture(gpt2.adapter, model, hooks) as acts:
+        logits = model(ids, use_cache=False).logits
+    with torch.no_grad():
+        tl_logits, cache = tl.run_with_cache(ids)
+    torch.testing.assert_close(tl_logits.log_softmax(-1), logits.log_softmax(-1), rtol=1e-4, atol=1e-4)
+    for h in hooks:
+        x = acts[h] - acts[h].mean(-1, keepdim=True) if processed else acts[h]
+        torch.testing.assert_close(cache[h], x, rtol=1e-4, atol=1e-5, msg=h)
+    if processed:  # and the uncentred activation is not what the processed model reads
+        assert (cache["blocks.1.hook_resid_pre"] - acts["blocks.1.hook_resid_pre"]).abs().max() > 1e-2
+
+
 # --------------------------------------------------------------------------- compressors on the views
 def _conv1d_weights(model) -> dict[str, torch.Tensor]:
     return {f"{L}.{p}": get_path(model.transformer.h[L], p).weight.detach().clone()
@@ -215,14 +253,10 @@ def test_rtn_in_bfloat16_writes_back_in_place(registry, tiny_gpt2):
 
 def _tl_state(model) -> dict[str, torch.Tensor]:
     """The model's weights in TransformerLens's layout, by TransformerLens's own GPT-2 conversion."""
-    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 
-    cfg = HookedTransformerConfig(n_layers=N_LAYERS, d_model=D_MODEL, n_ctx=N_CTX, d_head=D_HEAD, n_heads=N_HEADS,
-                                  d_mlp=4 * D_MODEL, d_vocab=model.config.vocab_size, act_fn="gelu_new",
-                                  normalization_type="LN")
     with torch.no_grad():
-        return {k: v.detach().clone() for k, v in convert_gpt2_weights(model, cfg).items()}
+        return {k: v.detach().clone() for k, v in convert_gpt2_weights(model, _tl_config(model)).items()}
 
 
 TL_MATRICES = ("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_out")
@@ -398,3 +432,24 @@ def test_conv1d_view_is_a_transposed_view():
     assert (conv.weight[:, 4:8] == 0).all() and (conv.weight[:, :4] != 0).all()
     t = WeightTarget("w", conv, "k", 0, tensor=view)
     assert t.weight is view
+
+
+# --------------------------------------------------------------------------- the gpt2-small preset
+def test_gpt2_small_preset_pairs_gpt2_with_gpt2_small_res_jb(registry):
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from featsurv.presets import get_preset
+
+    p = get_preset("gpt2-small")
+    o = p.options
+    assert o["adapter"] == "gpt2" and registry.get("model_adapters", "gpt2")
+    (sae,) = o["saes"]
+    source, release, sae_id = sae.split(":")
+    assert source == "saelens" and o["hooks"] == [sae_id]
+    entry = get_pretrained_saes_directory()[release]  # sae-lens's own pretrained_saes.yaml, offline
+    assert entry.model == "gpt2-small" and sae_id in entry.saes_map
+    # trained through TransformerLens with centred writing weights: featsurv centres the HF residual
+    assert entry.config_overrides["model_from_pretrained_kwargs"]["center_writing_weights"] is True
+    assert o["center_activations"] is True
+    assert o["context"] == 128 and o["prepend_bos"] is True and o["exclude_special"] is True
+    assert p.audit["compressor"] == "rtn" and p.compare["b"] == "magnitude"
