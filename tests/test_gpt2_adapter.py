@@ -453,3 +453,82 @@ def test_gpt2_small_preset_pairs_gpt2_with_gpt2_small_res_jb(registry):
     assert o["center_activations"] is True
     assert o["context"] == 128 and o["prepend_bos"] is True and o["exclude_special"] is True
     assert p.audit["compressor"] == "rtn" and p.compare["b"] == "magnitude"
+
+
+# --------------------------------------------------------------------------- docs/plugins/adapters.md examples
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins" / "adapters.md"
+
+
+def _doc_block(marker: str) -> dict:
+    import re
+
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S) if marker in b]
+    assert len(blocks) == 1, marker
+    namespace: dict = {"__name__": "adapters_md"}
+    exec(compile(blocks[0], f"adapters.md:{marker}", "exec"), namespace)
+    return namespace
+
+
+def test_documented_openai_gpt_adapter_maps_conv1d_and_post_norm_blocks():
+    from transformers import AutoModelForCausalLM, OpenAIGPTConfig
+
+    adapter = _doc_block("# example plugin: openai_gpt_adapter.py")["OpenAIGPTAdapter"]()
+    config = OpenAIGPTConfig(vocab_size=100, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=N_CTX)
+    assert adapter.matches(config)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    hooks = [f"blocks.{L}.hook_{k}" for L in range(N_LAYERS) for k in ("resid_pre", "resid_post", "attn_out", "mlp_out")]
+    ids = torch.randint(0, 100, (2, 10))
+    with torch.no_grad(), capture(adapter, model, hooks) as acts:
+        hs = model(ids, output_hidden_states=True).hidden_states
+    for L in range(N_LAYERS):  # no final norm: every block's output is a hidden state
+        block = model.transformer.h[L]
+        torch.testing.assert_close(acts[f"blocks.{L}.hook_resid_pre"], hs[L])
+        torch.testing.assert_close(acts[f"blocks.{L}.hook_resid_post"], hs[L + 1])
+        with torch.no_grad():  # post-norm: h = ln_2(ln_1(x + a) + m)
+            post = block.ln_2(block.ln_1(acts[f"blocks.{L}.hook_resid_pre"] + acts[f"blocks.{L}.hook_attn_out"])
+                              + acts[f"blocks.{L}.hook_mlp_out"])
+        torch.testing.assert_close(post, acts[f"blocks.{L}.hook_resid_post"])
+    targets = adapter.compressible_weights(model)
+    assert [t.role for t in targets[:6]] == ["q", "k", "v", "o", "mlp_in", "mlp_out"]
+    c_attn = model.transformer.h[0].attn.c_attn
+    x = torch.randn(3, D_MODEL)
+    with torch.no_grad():
+        for i, t in enumerate(targets[:3]):
+            torch.testing.assert_close(torch.nn.functional.linear(x, t.weight),
+                                       (x @ c_attn.weight)[:, i * D_MODEL:(i + 1) * D_MODEL])
+    fp = c_attn.weight.detach().clone()
+    RTN().compress(targets, {"bits": 4, "symmetric": True, "granularity": "channel"})
+    torch.testing.assert_close(c_attn.weight.detach(), _absmax_round(fp, 4, (0,)), rtol=0, atol=1e-6)
+
+
+class _PerHead(torch.nn.Module):
+    def __init__(self, n_heads: int, d_in: int, d_head: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n_heads, d_in, d_head))
+
+    def forward(self, x):
+        return torch.einsum("ti,hid->thd", x, self.weight).flatten(1)
+
+
+def test_documented_write_back_target_round_trips_through_the_host_contract():
+    per_head_target = _doc_block("def per_head_target(")["per_head_target"]
+    torch.manual_seed(0)
+    module = _PerHead(N_HEADS, D_MODEL, D_HEAD)
+    param, fp = module.weight, module.weight.detach().clone()
+    (t,) = per_head_target("attn.w_q", module, "q", 0)
+    assert t.weight.shape == (N_HEADS * D_HEAD, D_MODEL) and t.head_layout == (N_HEADS, 1, D_HEAD)
+    x = torch.randn(5, D_MODEL)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.nn.functional.linear(x, t.weight), module(x))
+    # as the host does it: snapshot, compress, sync; then restore and sync
+    snapshot = t.weight.detach().clone()
+    RTN().compress([t], {"bits": 3, "symmetric": True, "granularity": "channel"})
+    t.sync()
+    assert module.weight is param
+    # output channel (h, j) is weight[h, :, j]: one scale per (h, j), the max over d_in
+    torch.testing.assert_close(param.detach(), _absmax_round(fp, 3, (1,)), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        t.weight.copy_(snapshot)
+    t.sync()
+    assert torch.equal(param.detach(), fp)
