@@ -150,13 +150,18 @@ class Pruning(Compressor):
                          "separate run with pattern=unstructured)")
         return p
 
+    @staticmethod
+    def _scope(p: dict[str, Any]) -> str:
+        """The comparison group of unstructured pruning (``auto``: matrix for magnitude, row for Wanda)."""
+        return p["scope"] if p["scope"] != "auto" else ("row" if p["method"] == "wanda" else "matrix")
+
     def label(self, params: dict[str, Any]) -> str:
         p = self._full(params)
         parts = ["pruning"]
         parts.append(p["pattern"] if parse_pattern(p["pattern"]) else f"s={p['sparsity']:.4g}")
         if p["method"] != "magnitude":
             parts.append(p["method"])
-        if p["scope"] != "auto":
+        if self._scope(p) != self._scope({**p, "scope": "auto"}):
             parts.append(p["scope"])
         parts += [f"{k}={p[k]}" for k in ("count", "ties")
                   if p[k] != {q.name: q.default for q in self.params}[k]]
@@ -243,7 +248,7 @@ class Pruning(Compressor):
                         f"Pattern {p['pattern']!r} needs the input size of every matrix to be a multiple of "
                         f"{nm[1]}, but {t.name!r} has {t.weight.shape[1]} inputs",
                         hint="Pick an M that divides every matrix's input dimension (e.g. 2:4, 4:8)")
-        scope = p["scope"] if p["scope"] != "auto" else ("row" if p["method"] == "wanda" else "matrix")
+        scope = self._scope(p)
         s, count, ties = p["sparsity"], p["count"], p["ties"]
         with torch.no_grad():
             if nm is not None or scope != "global":

@@ -88,6 +88,9 @@ def test_search_knob_and_labels():
     assert c.label({"sparsity": 0.3}) == "pruning s=0.3"
     assert c.label({"sparsity": 0.175, "count": "floor", "ties": "prune"}) == "pruning s=0.175 count=floor ties=prune"
     assert c.label({"sparsity": 0.3, "scope": "global"}) == "pruning s=0.3 global"
+    assert c.label({"sparsity": 0.3, "scope": "matrix"}) == "pruning s=0.3"  # magnitude's own group
+    assert c.label({"sparsity": 0.3, "scope": "matrix", "method": "wanda"}) == "pruning s=0.3 wanda matrix"
+    assert c.label({"sparsity": 0.3, "scope": "row", "method": "wanda"}) == "pruning s=0.3 wanda"
     assert c.needs_calibration_for({"method": "wanda"}) and not c.needs_calibration_for({"sparsity": 0.3})
 
 
