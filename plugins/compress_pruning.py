@@ -172,7 +172,8 @@ class Pruning(Compressor):
         """Gather ``||X_j||_2`` of each target's input over every position of the calibration contexts.
 
         A forward pre-hook on each target's module reads its first input (the matrix's input,
-        shared by Q, K and V of a fused projection); squares are summed in float64.
+        shared by Q, K and V of a fused projection); squares are summed in float64. Each target must
+        be its module's ``weight`` or a view of it (a linear layer), else the input is unknown.
         """
         import torch
 
@@ -197,6 +198,14 @@ class Pruning(Compressor):
 
             return hook
 
+        for t in targets:
+            own = getattr(t.module, "weight", None)
+            if not torch.is_tensor(own) or own.untyped_storage().data_ptr() != t.weight.untyped_storage().data_ptr():
+                raise FeatsurvError(
+                    f"Wanda cannot read the input of weight {t.name!r}: it is not the weight of its module "
+                    f"({type(t.module).__name__}), so that module's input need not be the matrix's input",
+                    hint="Use -p method=magnitude with this model adapter, or an adapter whose targets are "
+                         "linear layers' weights (or views of them)")
         for t in targets:
             handles.append(t.module.register_forward_pre_hook(make_hook(t)))
         n = 0

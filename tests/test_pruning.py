@@ -202,6 +202,14 @@ def test_wanda_refuses_a_module_whose_input_is_not_the_matrix_input():
         Pruning().calibrate(model, [target], ListTokens(torch.randn(1, 2, 4)))
 
 
+def test_wanda_refuses_a_target_that_is_not_its_modules_weight():
+    block = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))  # no weight of its own: input unknown
+    model = SimpleNamespace(model=block, device="cpu", adapter=SimpleNamespace(forward=lambda m, ids: m(ids)))
+    copy = WeightTarget("o", block, "o", tensor=block[0].weight.detach().clone(), write_back=lambda w: None)
+    with pytest.raises(FeatsurvError, match=r"'o'.*not the weight of its module \(Sequential\)"):
+        Pruning().calibrate(model, [copy], ListTokens(torch.randn(1, 2, 4)))
+
+
 def gpt_neox_inputs(model, ids):
     """Each GPT-NeoX matrix's input, rebuilt from hidden states (not from hooks on those modules)."""
     out = {}
