@@ -305,3 +305,39 @@ def test_magnitude_and_pruning_give_identical_results_in_an_audit(tiny_models, t
     ra = a.features["blocks.1.hook_resid_post"]["survival"].per_feature["r"]
     rb = b.features["blocks.1.hook_resid_post"]["survival"].per_feature["r"]
     assert np.array_equal(ra, rb) and (ra[np.isfinite(ra)] < 1).any()
+
+
+def test_2_4_on_every_weight_of_a_tiny_model(tiny_calibrated):
+    loaded, targets, _calib, comp = tiny_calibrated
+    before = [t.weight.detach().clone() for t in targets]
+    try:
+        for method in ("magnitude", "wanda"):
+            comp.compress(targets, {"pattern": "2:4", "method": method})
+            for t in targets:
+                zeros = (t.weight.detach().reshape(t.weight.shape[0], -1, 4) == 0).sum(-1)
+                assert (zeros == 2).all(), (method, t.name)
+            with torch.no_grad():
+                for t, w in zip(targets, before):
+                    t.weight.copy_(w)
+    finally:
+        with torch.no_grad():
+            for t, w in zip(targets, before):
+                t.weight.copy_(w)
+
+
+def test_cli_audit_with_a_pattern_and_a_bad_pattern(cli_base_args, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from featsurv.cli import cli
+
+    bad = CliRunner().invoke(cli, ["audit", "pruning", "-p", "pattern=4:2", *cli_base_args, "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "'4:2'" in bad.output and "N:M" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "ok"
+    res = CliRunner().invoke(cli, ["audit", "magnitude", "-p", "pattern=2:4,4:8", *cli_base_args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["label"] for e in summary["results"]] == ["pruning 2:4", "pruning 4:8"]
+    assert all(e["perplexity_change"] != 0 and e["mean_r"] < 1 for e in summary["results"]), summary["results"]
