@@ -224,10 +224,6 @@ class Pruning(Compressor):
         self._norms = {name: s.sqrt().to(torch.float32) for name, s in sums.items()}
         self.calibration_tokens = n
 
-    def set_norms(self, norms: dict[str, Any]) -> None:
-        """Use these input-activation norms (target name -> ``[in]`` tensor) instead of calibrating."""
-        self._norms = dict(norms)
-
     # ------------------------------------------------------------------ compression
     def _score(self, t: WeightTarget, method: str) -> Any:
         import torch
