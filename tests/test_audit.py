@@ -55,7 +55,7 @@ def test_result_directory_contents(tiny_models, tiny_sae, tiny_corpus, tmp_path)
     run = json.loads((out / "run.json").read_text())
     assert summary["baseline"]["n_tokens"] == result.summary["baseline"]["n_tokens"] > 0
     assert summary["baseline"]["perplexity"] > 1
-    assert run["options"]["seed"] == 0 and run["versions"]["torch"] and run["timings"]["fp_pass"] >= 0
+    assert run["options"]["seed"] == 0 and run["versions"]["torch"] and 0 < run["timings"]["fp_pass"] < 600
     assert any(p["name"] == "rtn" for p in run["plugins"])
     import pandas as pd
 

@@ -113,6 +113,7 @@ def test_fit_check_stops_a_mispaired_sae(base_args, tmp_path):
     assert ok.exit_code == 0, ok.output
 
 
+@pytest.mark.slow
 def test_help_does_not_import_heavy_packages():
     code = ("import sys; from featsurv.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"

@@ -56,6 +56,7 @@ def test_unknown_preset_is_a_clear_error():
         get_preset("nosuch")
 
 
+@pytest.mark.slow
 def test_wheel_ships_presets_plugins_and_embedded_data(tmp_path):
     from pathlib import Path
 
