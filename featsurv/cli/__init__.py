@@ -21,10 +21,10 @@ def builtin_commands() -> list[str]:
 
 def _use_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     """--plugins-dir is eager: it takes effect before --help lists commands and before any command runs."""
-    if value:
-        from ..plugins import set_plugins_dir
+    from .. import plugins
 
-        set_plugins_dir(value)
+    if value or plugins._PLUGINS_DIR is not None:  # each invocation uses only its own --plugins-dir
+        plugins.set_plugins_dir(value or None)
 
 
 class LazyGroup(click.Group):
