@@ -42,16 +42,16 @@ def predict_cmd(result_dir: str, folds: int, seed: int, no_report: bool, as_json
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
     predictors = mod.predict_run(run, k=folds, seed=seed, progress=progress)
     run.summary["predictors"] = predictors
-    run.save_summary()
+    render = None
+    if not no_report:
+        from ..report import write_report
+
+        render = lambda tmp: write_report(run, tmp)  # noqa: E731 - rendered into the folder before it is put in place
+    run.save(render=render)  # summary, report and manifest replaced in one step
     click.echo(f"predictor: stored in {run.path / 'summary.json'}", err=True)
     if as_json:
         click.echo(dumps(predictors), nl=False)
     else:
         click.echo(mod.format_table(predictors))
-    if not no_report:
-        try:
-            from ..report import write_report
-        except ImportError:  # pragma: no cover - report is part of featsurv
-            return
-        path = write_report(run)
-        click.echo(f"report: {path}", err=True)
+    if render is not None:
+        click.echo(f"report: {run.path / 'report.html'}", err=True)
