@@ -50,13 +50,17 @@ def finish(session: AuditSession, result: RunResult, out_dir: str | Path | None,
         out = metric.analyze(result, options)
         if out is not None:
             result.summary[{"predictor": "predictors"}.get(name, name)] = out
-    path = write_run(out_dir or default_out_dir(kind), result)
     try:
         from .report import write_report
     except ImportError:  # report plugin not installed
-        return result
-    session.progress("writing report")
-    write_report(result, path)
+        write_report = None
+
+    def render(tmp: Path) -> None:  # the report is built with the data, before the folder is put in place
+        if write_report is not None:
+            session.progress("writing report")
+            write_report(result, tmp)
+
+    write_run(out_dir or default_out_dir(kind), result, render=render)
     return result
 
 
