@@ -336,13 +336,17 @@ def load_run(path: str | Path, *, features: bool = True) -> "RunResult":
     where = f"{shown.rstrip('/')}/{FEATURES_FILE}"
     _check_parquet(p / FEATURES_FILE, where)
     table = None
-    if features:
-        import pandas as pd
+    try:
+        if features:
+            import pandas as pd
 
-        try:
             table = pd.read_parquet(p / FEATURES_FILE)
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise FeatsurvError(f"Cannot read {where!r}: {type(exc).__name__}: {str(exc)[:160]}", hint=_RERUN) from None
+        else:  # the footer only: cheap, and a damaged file still fails
+            import pyarrow.parquet as pq
+
+            pq.read_metadata(p / FEATURES_FILE)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise FeatsurvError(f"Cannot read {where!r}: {type(exc).__name__}: {str(exc)[:160]}", hint=_RERUN) from None
     return RunResult(run, summary, table, p, manifest=man)
 
 

@@ -72,7 +72,7 @@ def cli(ctx: click.Context, plugins_dir: str | None, debug: bool) -> None:
     from ..results import release_all_reservations
 
     global _DEBUG
-    _DEBUG = _DEBUG or debug
+    _DEBUG = debug
     ctx.call_on_close(release_all_reservations)  # result folders this command reserved
     if plugins_dir and plugins_dir != plugins._PLUGINS_DIR:  # invoked without main(), e.g. CliRunner
         plugins.set_plugins_dir(plugins_dir)
