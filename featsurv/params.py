@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,8 @@ class Param:
     exclusive_maximum: bool = False
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+    #: A CLI flag of audit/compare for this option (metric options only), e.g. ``bootstrap``.
+    flag: str | None = None
 
     def allowed(self) -> str:
         """Human description of the allowed values."""
@@ -63,7 +66,7 @@ class Param:
                 allowed=self.allowed(),
                 hint=f"Run `featsurv plugins` to see each compressor's parameters",
             ) from None
-        bad = False
+        bad = isinstance(value, float) and not math.isfinite(value)
         if self.choices and value not in self.choices:
             bad = True
         if self.minimum is not None and value < self.minimum:

@@ -37,3 +37,6 @@ def plugins_cmd(as_json: bool) -> None:
                    "FEATSURV_DISABLE_PLUGINS=NAME or uninstalled):")
         for line in conflicts:
             click.echo(f"    {line}")
+
+
+command = plugins_cmd

@@ -24,3 +24,6 @@ def report_cmd(result_dir: str, out_dir: str | None, top: int) -> None:
     else:
         folder = write_folder(out_dir, render)
     click.echo(str(folder / REPORT_FILE))
+
+
+command = report_cmd
