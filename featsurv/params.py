@@ -84,7 +84,7 @@ class Param:
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, list[str]]:
-    """Parse ``["bits=8,7", "granularity=channel"]`` into ``{"bits": ["8", "7"], ...}``."""
+    """Parse ``["b=8,7", "granularity=channel"]`` into ``{"b": ["8", "7"], ...}``."""
     out: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")

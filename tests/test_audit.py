@@ -35,9 +35,9 @@ def test_fp_vs_fp_gives_r_one_and_int8_beats_int3(tiny_models, tiny_sae, tiny_co
                               ("rtn", {"bits": 3, "symmetric": True, "granularity": "channel"})],
                        out_dir=tmp_path / "run")
     by_label = {e["label"]: e for e in result.summary["results"]}
-    fp = by_label["magnitude s=0"]
+    fp = by_label["pruning s=0"]
     assert fp["survived"] == 1.0 and fp["perplexity_change"] == pytest.approx(0.0, abs=1e-6)
-    rows = r_of(result, "magnitude s=0")
+    rows = r_of(result, "pruning s=0")
     assert np.allclose(rows[rows.active].r, 1.0)
     int8, int3 = by_label["rtn int8"], by_label["rtn int3"]
     assert int8["mean_r"] > int3["mean_r"]

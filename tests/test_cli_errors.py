@@ -37,7 +37,7 @@ def check_error(result, *needles, out_dir=None):
 
 def test_unknown_compressor_lists_available(base_args, tmp_path):
     out = tmp_path / "r"
-    check_error(invoke(["audit", "nosuch", *base_args, "--out", str(out)]), "'nosuch'", "magnitude, rtn",
+    check_error(invoke(["audit", "nosuch", *base_args, "--out", str(out)]), "'nosuch'", "pruning, rtn",
                 "featsurv plugins", out_dir=out)
 
 

@@ -59,8 +59,8 @@ def test_compare_end_to_end(tiny_models, tiny_sae, tiny_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     (comp,) = summary["comparisons"]
-    assert comp["a"] == "rtn int3" and comp["b"].startswith("magnitude s=")
+    assert comp["a"] == "rtn int3" and comp["b"].startswith("pruning s=")
     assert 1 <= len(comp["path"]) <= 4
     assert comp["matched_params"]["sparsity"] == min(comp["path"], key=lambda p: abs(p["relative_gap"]))["params"]["sparsity"]
     assert [r["label"] for r in summary["results"]] == [comp["a"], comp["b"]]
-    assert "rtn int3 vs magnitude" in result.output
+    assert "rtn int3 vs pruning s=" in result.output

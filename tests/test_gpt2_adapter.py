@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from featsurv import FeatsurvError, WeightTarget
-from featsurv.audit import AuditOptions, AuditSession
+from featsurv.audit import AuditSession, make_options
 from featsurv.capture import capture
 from featsurv.cli import cli
 from featsurv.hf import HFDecoderAdapter, conv1d_view, get_path
@@ -329,7 +329,7 @@ def _window_perplexity(model, tokens, batch_size: int) -> float:
 
 
 def test_audit_perplexity_matches_a_hand_quantized_model(registry, tiny_gpt2, gpt2_sae, tiny_corpus, tmp_path):
-    options = AuditOptions(model=str(tiny_gpt2), saes=[str(gpt2_sae("blocks.1.hook_resid_post"))],
+    options = make_options(model=str(tiny_gpt2), saes=[str(gpt2_sae("blocks.1.hook_resid_post"))],
                            dataset=str(tiny_corpus), n_tokens=512, context=32, bootstrap=0)
     session = AuditSession(options, registry, Progress(quiet=True))
     result = run_audit(options, [("rtn", {"bits": 4, "symmetric": True, "granularity": "channel"})],

@@ -69,6 +69,7 @@ def test_bfloat16_model_audit_runs_and_fp_vs_fp_is_exact(tiny_models, tiny_sae, 
     result = run_audit(opts, [("magnitude", {"sparsity": 0.0, "scope": "matrix"}),
                               ("rtn", {"bits": 4, "symmetric": True, "granularity": "channel"})], out_dir=tmp_path / "r")
     f = result.features
-    fp = f[(f.config == "magnitude s=0") & f.active]
+    fp = f[(f.config == "pruning s=0") & f.active]
+    assert len(fp) > 0
     assert np.allclose(fp.r, 1.0)
     assert result.run["options"]["dtype"] == "bfloat16"

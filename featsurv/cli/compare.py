@@ -77,4 +77,5 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
     print_published(result.summary, published_for(options, preset), registry)
 
 
-command = add_metric_options(compare_cmd)
+command = compare_cmd
+refresh = add_metric_options
