@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 
 from featsurv import manifest as M
-from featsurv.audit import AuditOptions
+from featsurv.audit import make_options
 from featsurv.cli import main
 from featsurv.runs import run_audit
 
@@ -33,7 +33,7 @@ LABELS = ("rtn int8", "rtn int4")
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_models, tiny_sae, tiny_corpus) -> Path:
     """One tiny audit (two configurations), written once for every loader case."""
-    opts = AuditOptions(model=str(tiny_models["gpt_neox"]), saes=[str(tiny_sae(tiny_models["gpt_neox"]))],
+    opts = make_options(model=str(tiny_models["gpt_neox"]), saes=[str(tiny_sae(tiny_models["gpt_neox"]))],
                         dataset=str(tiny_corpus), n_tokens=512, context=32, batch_size=8, bootstrap=0)
     out = tmp_path_factory.mktemp("finished") / "run"
     run_audit(opts, [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"}),
@@ -501,11 +501,11 @@ def test_featsurv_plugins_lists_everything_and_shows_a_conflict(tmp_path, featsu
     (folder / "dupe.py").write_text(DUPLICATE_RTN)
     code, output = featsurv_main(["--plugins-dir", str(folder), "plugins"])
     assert code == 0, output
-    assert "dupe  (" in output and "compressor rtn" in output and "compressor magnitude" in output
+    assert "dupe  (" in output and "compressor rtn" in output and "compressor pruning" in output
     assert "Conflicts" in output and "Two plugins register a compressor named 'rtn': 'rtn' and 'dupe'" in output
     code, output = featsurv_main(["--plugins-dir", str(folder), "plugins", "--json"])
     listed = {p["name"]: p for p in json.loads(output[output.index("["):])}
-    assert listed["dupe"]["conflicts"] and listed["magnitude"].get("conflicts") is None
+    assert listed["dupe"]["conflicts"] and listed["pruning"].get("conflicts") is None
 
 
 def test_a_pickle_only_model_loads_with_a_note_and_can_be_refused(bad_models, tiny_models, capsys):

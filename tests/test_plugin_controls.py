@@ -277,7 +277,7 @@ def test_duplicate_item_names_error_naming_both_plugins(make_dist):
         registry.get("compressors", "rtn")  # raised when the name is used
     assert "'rtn'" in str(info.value) and "'dupeplug'" in str(info.value)
     assert "FEATSURV_DISABLE_PLUGINS" in str(info.value)
-    assert registry.get("compressors", "magnitude").name == "magnitude"  # other names still work
+    assert registry.get("compressors", "pruning").name == "pruning"  # other names still work
     with pytest.raises(FeatsurvError, match="named 'rtn'"):
         registry.all("compressors")
     assert registry.conflict_messages() == [info.value.message]
@@ -356,7 +356,7 @@ def test_cli_duplicate_is_listed_by_plugins_and_one_paragraph_exit_2_when_used(m
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
     assert out.returncode == 0, out.stderr
     listed = {p["name"]: p for p in json.loads(out.stdout)}
-    assert listed["dupeplug"]["provides"] == {"compressors": ["rtn"]} and "magnitude" in listed
+    assert listed["dupeplug"]["provides"] == {"compressors": ["rtn"]} and "pruning" in listed
     assert "Two plugins register a compressor named 'rtn'" in listed["dupeplug"]["conflicts"][0]
     assert listed["rtn"]["conflicts"] == listed["dupeplug"]["conflicts"]
     text = _featsurv("plugins", env_extra=_pythonpath(site))
