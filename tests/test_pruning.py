@@ -288,9 +288,9 @@ def test_magnitude_is_an_alias_of_pruning():
 
 
 def test_magnitude_and_pruning_give_identical_results_in_an_audit(tiny_models, tiny_sae, tiny_corpus):
-    from featsurv.audit import AuditOptions, AuditSession
+    from featsurv.audit import AuditSession, make_options
 
-    opts = AuditOptions(model=str(tiny_models["gpt_neox"]), saes=[str(tiny_sae(tiny_models["gpt_neox"]))],
+    opts = make_options(model=str(tiny_models["gpt_neox"]), saes=[str(tiny_sae(tiny_models["gpt_neox"]))],
                         dataset=str(tiny_corpus), n_tokens=512, context=32, batch_size=8, bootstrap=0)
     session = AuditSession(opts)
     session.prepare()

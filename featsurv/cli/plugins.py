@@ -28,7 +28,9 @@ def plugins_cmd(as_json: bool) -> None:
             for name in names:
                 item = plugin.registered.get(kind, {}).get(name)
                 clash = "  [CONFLICT]" if name in registry.conflicts[kind] or plugin.name in registry.blocked else ""
-                click.echo(f"    {kind[:-1].replace('_', ' ')} {name}: {getattr(item, 'description', '')}{clash}")
+                aliases = getattr(item, "aliases", ())
+                also = f" (also: {', '.join(aliases)})" if aliases else ""
+                click.echo(f"    {kind[:-1].replace('_', ' ')} {name}{also}: {getattr(item, 'description', '')}{clash}")
                 for p in describe(getattr(item, "params", ())):
                     click.echo(f"        -p {p['name']}=...  {p['allowed']} (default {p['default']}) {p['help']}")
     conflicts = registry.conflict_messages()
