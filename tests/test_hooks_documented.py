@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import tomllib
 import warnings
 from pathlib import Path
