@@ -73,26 +73,15 @@ class Entry:
 _DISABLE_HINT = "Uninstall or disable one of them (FEATSURV_DISABLE_PLUGINS=NAME)"
 
 
-class Registry:
-    """Everything the loaded plugins registered, with who registered it.
+class _Conflicts:
+    """Name conflicts between plugins: recorded while loading, raised when a name in conflict is used."""
 
-    A name registered by two plugins (or two plugins of one name) is recorded as a conflict,
-    not raised while loading: `featsurv plugins` still lists everything and shows it, and using
-    an item of that name raises the conflict (``FEATSURV_STRICT_PLUGINS=1`` raises at once).
-    """
+    plugins: dict[str, PluginInfo]
+    items: dict[str, dict[str, Entry]]
+    aliases: dict[str, dict[str, Entry]]
+    conflicts: dict[str, dict[str, list[str]]]
+    blocked: dict[str, str]
 
-    def __init__(self) -> None:
-        self.pm = pluggy.PluginManager("featsurv")
-        self.pm.add_hookspecs(hookspecs)
-        self.plugins: dict[str, PluginInfo] = {}
-        self.items: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
-        self.aliases: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
-        #: kind -> name -> plugins registering it (two or more)
-        self.conflicts: dict[str, dict[str, list[str]]] = {kind: {} for kind in KIND_SPECS}
-        #: plugin key -> message, for plugins sharing their name with another plugin
-        self.blocked: dict[str, str] = {}
-
-    # ------------------------------------------------------------------ conflicts
     def conflict_error(self, kind: str, name: str) -> FeatsurvError:
         plugins = self.conflicts[kind][name]
         return FeatsurvError(f"Two plugins register a {KIND_SPECS[kind][2]} named {name!r}: "
@@ -121,6 +110,44 @@ class Registry:
         if entry is not None and entry.plugin in self.blocked:
             raise FeatsurvError(self.blocked[entry.plugin].rstrip(".") + f"; the {KIND_SPECS[kind][2]} {name!r} "
                                 "comes from one of them", hint="Rename or disable one of them (FEATSURV_DISABLE_PLUGINS=DISTRIBUTION)")
+
+    def _forget_conflicts(self, kind: str, name: str) -> None:
+        """Plugin ``name`` is gone: a conflict it was part of may be over (the survivor's item takes the name)."""
+        for key, plugins in list(self.conflicts[kind].items()):
+            if name not in plugins:
+                continue
+            plugins.remove(name)
+            if len(plugins) > 1:
+                continue
+            del self.conflicts[kind][key]
+            for other in plugins:
+                survivor = self.plugins[other]
+                survivor.conflicts = [m for m in survivor.conflicts if f"named {key!r}:" not in m]
+                for item_name, item in survivor.registered.get(kind, {}).items():
+                    if key == item_name:
+                        self.items[kind][key] = Entry(item, other)
+                    elif key in getattr(item, "aliases", ()):
+                        self.aliases[kind][key] = Entry(item, other)
+
+
+class Registry(_Conflicts):
+    """Everything the loaded plugins registered, with who registered it.
+
+    A name registered by two plugins (or two plugins of one name) is recorded as a conflict,
+    not raised while loading: `featsurv plugins` still lists everything and shows it, and using
+    an item of that name raises the conflict (``FEATSURV_STRICT_PLUGINS=1`` raises at once).
+    """
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("featsurv")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.items: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
+        self.aliases: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
+        #: kind -> name -> plugins registering it (two or more)
+        self.conflicts: dict[str, dict[str, list[str]]] = {kind: {} for kind in KIND_SPECS}
+        #: plugin key -> message, for plugins sharing their name with another plugin
+        self.blocked: dict[str, str] = {}
 
     # ------------------------------------------------------------------ registration
     def make_register(self, kind: str, plugin: str) -> Callable[[Any], Any]:
@@ -201,21 +228,7 @@ class Registry:
         for kind in self.items:
             self.items[kind] = {k: e for k, e in self.items[kind].items() if e.plugin != name}
             self.aliases[kind] = {k: e for k, e in self.aliases[kind].items() if e.plugin != name}
-            for key, plugins in list(self.conflicts[kind].items()):  # a conflict it was part of may be over
-                if name not in plugins:
-                    continue
-                plugins.remove(name)
-                if len(plugins) > 1:
-                    continue
-                del self.conflicts[kind][key]
-                for other in plugins:
-                    survivor = self.plugins[other]
-                    survivor.conflicts = [m for m in survivor.conflicts if f"named {key!r}:" not in m]
-                    for item_name, item in survivor.registered.get(kind, {}).items():
-                        if key == item_name:
-                            self.items[kind][key] = Entry(item, other)
-                        elif key in getattr(item, "aliases", ()):
-                            self.aliases[kind][key] = Entry(item, other)
+            self._forget_conflicts(kind, name)
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
 
