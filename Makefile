@@ -7,15 +7,20 @@ PIP := $(PY) -m pip
 # download. Bring your own torch by installing it into .venv first (or `make TORCH= ...`).
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.featsurv-installed
+# The separately packaged plugin distributions under distributions/ that install here without
+# touching torch (each is `pip install -e`d and its tests run in `make test`). featsurv-gptq is not
+# among them: no GPTQ library installs next to torch 2.13 (see docs/plugins/gptq.md).
+DISTS := torchao
+DIST_DIRS := $(foreach d,$(DISTS),distributions/featsurv-$(d))
 
 .PHONY: demo test install clean artefacts
 
-$(STAMP): pyproject.toml plugins/featsurv-torchao/pyproject.toml
+$(STAMP): pyproject.toml $(foreach d,$(DIST_DIRS),$(d)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	if [ -n "$(TORCH)" ] && ! $(PY) -c "import torch" 2>/dev/null; then $(PIP) install -q "$(TORCH)"; fi
 	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q -e ./plugins/featsurv-torchao
+	$(PIP) install -q $(foreach d,$(DIST_DIRS),-e ./$(d))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +29,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/featsurv compare rtn magnitude --predict --out featsurv-runs/demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests plugins/featsurv-torchao/tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests $(foreach d,$(DIST_DIRS),$(d)/tests)
 
 # Rebuild the embedded corpus, model and SAEs (minutes; see docs/training.md).
 artefacts: $(STAMP)

@@ -1,10 +1,10 @@
-"""The example third-party distribution plugins/featsurv-torchao, seen from the host.
+"""The example third-party distribution distributions/featsurv-torchao, seen from the host.
 
-Its own tests (plugins/featsurv-torchao/tests) check the quantization itself; these check that
+Its own tests (distributions/featsurv-torchao/tests) check the quantization itself; these check that
 the installed distribution plugs into featsurv as a third party would: found through its entry
 point, controlled by the plugin variables, recorded in run.json, usable by `featsurv compare`,
 and packaged so that installing it never pulls another torch. Skipped when it is not installed
-(`make install` runs `pip install -e ./plugins/featsurv-torchao`).
+(`make install` runs `pip install -e ./distributions/featsurv-torchao`).
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from featsurv.params import expand_grid
 from featsurv.plugins import build_registry, get_registry, reset_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = ROOT / "plugins" / "featsurv-torchao"
+PLUGIN_DIR = ROOT / "distributions" / "featsurv-torchao"
 
 
 def _why_not_installed() -> str | None:
     try:
         metadata.distribution("featsurv-torchao")
     except metadata.PackageNotFoundError:
-        return ("featsurv-torchao is not installed: pip install -e ./plugins/featsurv-torchao "
+        return ("featsurv-torchao is not installed: pip install -e ./distributions/featsurv-torchao "
                 "(make install does this)")
     try:
         import featsurv_torchao  # noqa: F401
