@@ -10,7 +10,7 @@ STAMP := $(VENV)/.featsurv-installed
 # The separately packaged plugin distributions under distributions/ that install here without
 # touching torch (each is `pip install -e`d and its tests run in `make test`). featsurv-gptq is not
 # among them: no GPTQ library installs next to torch 2.13 (see docs/plugins/gptq.md).
-DISTS := torchao
+DISTS := torchao hqq bnb
 DIST_DIRS := $(foreach d,$(DISTS),distributions/featsurv-$(d))
 
 .PHONY: demo test install clean artefacts
@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml $(foreach d,$(DIST_DIRS),$(d)/pyproject.toml)
 	if [ -n "$(TORCH)" ] && ! $(PY) -c "import torch" 2>/dev/null; then $(PIP) install -q "$(TORCH)"; fi
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q $(foreach d,$(DIST_DIRS),-e ./$(d))
+	# compressed-tensors lets the built-in `checkpoint` compressor read llm-compressor checkpoints (torch stays)
+	$(PIP) install -q 'compressed-tensors~=0.20.1'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,7 +8,7 @@ target's weight is replaced by the checkpoint's tensor of the same module path (
   lazily with ``safetensors``, only the target keys;
 - a compressed-tensors checkpoint (``quantization_config.quant_method == "compressed-tensors"``,
   what llm-compressor writes for GPTQ, AWQ, RTN...) is loaded by transformers with
-  compressed-tensors, which dequantizes it on the CPU (``run_compressed=False``).
+  compressed-tensors, which dequantizes it on the CPU (``dequantize=True``).
 
 The checkpoint is validated before anything changes: its own files when the ``-p`` value is
 parsed; every target key and shape before the first weight is written; the FP model's
@@ -17,6 +17,7 @@ architecture and tokenizer (``check_against``) when the host enters ``transform`
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +102,20 @@ def dense_tensors(path: Path, keys: list[str]) -> dict[str, Any]:
 
 def compressed_tensors_weights(path: Path, keys: list[str]) -> dict[str, Any]:
     """Dequantized weights of a compressed-tensors checkpoint: transformers loads it with compressed-tensors
-    on the CPU and decompresses every quantized module (``run_compressed=False``)."""
+    on the CPU and decompresses every quantized module (``dequantize=True``)."""
     _import_compressed_tensors()
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
     from transformers.utils.quantization_config import CompressedTensorsConfig
 
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, device_map="cpu",
-                                                     quantization_config=CompressedTensorsConfig(run_compressed=False))
+        with warnings.catch_warnings():  # "the quantization_config from the model will be used": as intended
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch.float32, device_map="cpu",
+                quantization_config=CompressedTensorsConfig(dequantize=True))
     except Exception as exc:  # a scheme this compressed-tensors cannot decompress, a broken file...
         raise FeatsurvError(f"compressed-tensors cannot load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}",
                             hint="Check that the checkpoint loads with transformers and compressed-tensors") from None

@@ -43,6 +43,68 @@ def write_rtn_checkpoint(out: Path, bits: int, src: Path = TINY) -> Path:
     return out
 
 
+def write_compressed_tensors_checkpoint(out: Path, src: Path = TINY, bits: int = 4, group: int = 32):
+    """An int4 group-32 checkpoint in compressed-tensors' pack-quantized format (the format llm-compressor writes for
+    GPTQ), with scales from compressed-tensors' own min/max; returns (dir, {module: its fake-quantized weight})."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 apply_quantization_config)
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    model, tokenizer = _load(src)
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=group)
+    config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args)},
+                                ignore=["embed_out"], format="pack-quantized")
+    apply_quantization_config(model, config)
+    expected = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, "weight_scale"):
+                w = module.weight
+                grouped = w.reshape(w.shape[0], -1, group)
+                scale, zero = calculate_qparams(grouped.amin(-1), grouped.amax(-1), args)
+                module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
+                zp = getattr(module, "weight_zero_point", None)
+                if zp is not None:
+                    zp.copy_(zero.reshape(zp.shape))
+                expected[name] = fake_quantize(w, module.weight_scale, zp, args).clone()
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
+    compressor.compress_model(model)
+    model.save_pretrained(out)
+    compressor.update_config(out)
+    tokenizer.save_pretrained(out)
+    return out, expected
+
+
+@pytest.fixture(scope="module")
+def ct_checkpoint(tmp_path_factory):
+    return write_compressed_tensors_checkpoint(tmp_path_factory.mktemp("ct") / "ct-int4-g32")
+
+
+def test_compressed_tensors_weights_are_the_librarys_own_dequantization(ct_checkpoint):
+    """Read back through transformers + compressed-tensors: equal to compressed-tensors' fake_quantize of the FP weight."""
+    path, expected = ct_checkpoint
+    config = json.loads((path / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        assert "gpt_neox.layers.0.mlp.dense_h_to_4h.weight_packed" in f.keys()  # really stored packed
+        model, _ = _load(TINY)
+        targets = _targets(model)
+        scales = {t.name: f.get_tensor(f"{t.name}.weight_scale") for t in targets}
+    COMP.compress(targets, {"path": str(path)})
+    fp, _ = _load(TINY)
+    for t in targets:
+        assert torch.equal(t.weight, expected[t.name]), t.name
+        # by hand from the stored scales: every weight is a whole int4 code (-8..7) times its group's scale
+        codes = t.weight.reshape(t.weight.shape[0], -1, 32) / scales[t.name].float().unsqueeze(-1)
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and -8 <= codes.round().min() <= codes.round().max() <= 7
+        assert not torch.equal(t.weight, dict(fp.named_modules())[t.name].weight)
+
+
 @pytest.fixture(scope="module")
 def rtn_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
@@ -77,14 +139,14 @@ def test_a_dense_checkpoint_gives_the_per_feature_r_of_compressing_in_place(rtn_
     assert ppl["checkpoint rtn4"] > result.summary["baseline"]["perplexity"]
 
 
-def test_several_checkpoints_in_one_run_each_labelled_by_its_folder(rtn_checkpoints, tmp_path):
+def test_several_checkpoints_in_one_run_each_labelled_by_its_folder(rtn_checkpoints, ct_checkpoint, tmp_path):
     out = tmp_path / "sweep"
-    paths = f"{rtn_checkpoints[8]},{rtn_checkpoints[4]}"
+    paths = f"{rtn_checkpoints[8]},{ct_checkpoint[0]},{rtn_checkpoints[4]}"
     res = CliRunner().invoke(cli, ["audit", "checkpoint", "-p", f"path={paths}", *FAST, "--out", str(out)])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     labels = [e["label"] for e in summary["results"]]
-    assert labels[0] == "checkpoint rtn8" and labels[-1] == "checkpoint rtn4"
+    assert labels[0] == "checkpoint rtn8" and labels[-1] == "checkpoint rtn4" and "checkpoint ct-int4-g32" in labels
     by = {e["label"]: e for e in summary["results"]}
     assert by["checkpoint rtn8"]["mean_r"] > by["checkpoint rtn4"]["mean_r"]
     gate = CliRunner().invoke(cli, ["gate", str(out), "--min-survival", "0"])
