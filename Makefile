@@ -8,8 +8,8 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.featsurv-installed
 # The separately packaged plugin distributions under distributions/ that install here without
-# touching torch (each is `pip install -e`d and its tests run in `make test`). featsurv-gptq is not
-# among them: no GPTQ library installs next to torch 2.13 (see docs/plugins/gptq.md).
+# touching torch (each is `pip install -e`d and its tests run in `make test`). There is no
+# featsurv-gptq: no GPTQ library installs and runs here without replacing torch or transformers (docs/plugins/gptq.md).
 DISTS := torchao hqq bnb
 DIST_DIRS := $(foreach d,$(DISTS),distributions/featsurv-$(d))
 

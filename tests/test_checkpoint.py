@@ -79,6 +79,7 @@ def write_compressed_tensors_checkpoint(out: Path, src: Path = TINY, bits: int =
 
 @pytest.fixture(scope="module")
 def ct_checkpoint(tmp_path_factory):
+    pytest.importorskip("compressed_tensors", reason="pip install 'compressed-tensors~=0.20.1' (make install does it)")
     return write_compressed_tensors_checkpoint(tmp_path_factory.mktemp("ct") / "ct-int4-g32")
 
 
