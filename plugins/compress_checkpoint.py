@@ -174,13 +174,15 @@ def _storage_target(t: WeightTarget) -> Any:
     return None
 
 
-def plan(targets: list[WeightTarget], tensors: dict[str, Any], path: str | Path) -> list[tuple[Any, Any]]:
+def plan(targets: list[WeightTarget], tensors: dict[str, Any], path: str | Path,
+         model_type: str | None = None) -> list[tuple[Any, Any]]:
     """(destination, checkpoint tensor) for every target; raise naming the first that does not fit."""
     out = []
     for t in targets:
         key = f"{t.name}.weight"
         if key not in tensors:
-            raise FeatsurvError(f"Checkpoint {str(path)!r} has no tensor {key!r} for target {t.name}",
+            what = f" (its config.json says model_type {model_type!r})" if model_type else ""
+            raise FeatsurvError(f"Checkpoint {str(path)!r} has no tensor {key!r} for target {t.name}{what}",
                                 hint="Audit a checkpoint of the same architecture as --model (same module names)")
         dest = _storage_target(t)
         if dest is None:
@@ -221,7 +223,7 @@ class Checkpoint(Compressor):
         if why:
             raise FeatsurvError(f"Bad checkpoint {str(path)!r}: {why}", hint=HINT)
         tensors = checkpoint_weights(path, [f"{t.name}.weight" for t in targets])
-        pairs = plan(targets, tensors, path)  # every target is checked before any is written
+        pairs = plan(targets, tensors, path, read_config(path).get("model_type"))  # every target is checked before any is written
         with torch.no_grad():
             for dest, src in pairs:
                 dest.copy_(src.to(dtype=dest.dtype, device=dest.device))
