@@ -8,9 +8,9 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.featsurv-installed
 # The separately packaged plugin distributions under distributions/ that install here without
-# touching torch (each is `pip install -e`d and its tests run in `make test`). There is no
-# featsurv-gptq: no GPTQ library installs and runs here without replacing torch or transformers (docs/plugins/gptq.md).
-DISTS := torchao hqq bnb
+# touching torch (each is `pip install -e`d and its tests run in `make test`). featsurv-gptq's
+# gptqmodel==7.6.0 is built from source on install and pins numpy==2.2.6 (see docs/plugins/gptq.md).
+DISTS := torchao hqq bnb gptq
 DIST_DIRS := $(foreach d,$(DISTS),distributions/featsurv-$(d))
 
 .PHONY: demo test install clean artefacts

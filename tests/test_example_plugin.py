@@ -125,7 +125,7 @@ def test_compare_torchao_rtn_on_a_tiny_model(tiny_models, tiny_sae, tiny_corpus,
 
 # --------------------------------------------------------------------------- every distribution in distributions/
 DISTRIBUTIONS = {"featsurv-torchao": ("torchao", "featsurv_torchao"), "featsurv-hqq": ("hqq", "featsurv_hqq"),
-                 "featsurv-bnb": ("bnb", "featsurv_bnb")}
+                 "featsurv-bnb": ("bnb", "featsurv_bnb"), "featsurv-gptq": ("gptq", "featsurv_gptq")}
 
 
 def test_the_main_package_does_not_ship_the_distributions():
