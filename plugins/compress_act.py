@@ -228,42 +228,128 @@ class Installed:
         return len(self._handles)
 
 
-def _group(role: str) -> str | None:
-    return "attn" if role in ATTN_ROLES else "mlp" if role in MLP_ROLES else None
+@dataclass(frozen=True)
+class Site:
+    """Where one linear layer's input can be read and replaced during a forward pass.
+
+    ``kind``: ``input`` (forward pre-hook, the first argument), ``argument`` (forward pre-hook, the
+    keyword argument ``argument``) or ``output`` (forward hook on a module whose output is that
+    input, e.g. a TransformerLens ``HookPoint``). ``channel_dims`` trailing dimensions form the
+    input's channel axis (2 for TransformerLens's ``z`` ``[batch, pos, head, d_head]``).
+    """
+
+    key: str
+    module: Any
+    kind: str = "input"
+    argument: str = ""
+    channel_dims: int = 1
 
 
-def _by_module(targets: list[WeightTarget], roles: tuple[str, ...]) -> list[WeightTarget]:
-    """One target per distinct module (a fused matrix split into several targets shares its input)."""
-    seen: dict[int, WeightTarget] = {}
+TL_QKV_ARGUMENTS = {"q": "query_input", "k": "key_input", "v": "value_input"}
+
+
+def _is_tl_attention(module: Any) -> bool:
+    return all(hasattr(module, a) for a in ("hook_z", "hook_k", "hook_v", "W_O"))
+
+
+def _is_tl_mlp(module: Any) -> bool:
+    return hasattr(module, "hook_post") and hasattr(module, "W_out")
+
+
+def input_sites(targets: list[WeightTarget], roles: tuple[str, ...]) -> list[Site]:
+    """One site per distinct input: a fused matrix (or one split into several targets) reads one input once.
+
+    Hugging Face layers are hooked on the linear module itself. TransformerLens components hold
+    several weights: ``W_Q/W_K/W_V`` read the attention's ``query_input/key_input/value_input``,
+    ``W_O`` reads ``hook_z``, ``W_in/W_gate`` the MLP's input and ``W_out`` its ``hook_post``.
+    """
+    sites: dict[tuple[int, str, str], Site] = {}
     for t in targets:
-        if t.role in roles and id(t.module) not in seen:
-            seen[id(t.module)] = t
-    return list(seen.values())
+        if t.role not in roles:
+            continue
+        m = t.module
+        if _is_tl_attention(m):
+            site = (Site(t.name, m.hook_z, "output", channel_dims=2) if t.role == "o"
+                    else Site(t.name, m, "argument", TL_QKV_ARGUMENTS[t.role]))
+        elif _is_tl_mlp(m) and t.role == "mlp_out":
+            site = Site(t.name, m.hook_post, "output")
+        else:
+            site = Site(t.name, m)
+        sites.setdefault((id(site.module), site.kind, site.argument), site)
+    return list(sites.values())
 
 
-def _input_hook(quantize: Callable[[Any], Any]) -> Callable[..., Any]:
+def _channels_last(quantize: Callable[[Any], Any], channel_dims: int) -> Callable[[Any], Any]:
+    if channel_dims == 1:
+        return quantize
+    return lambda x: quantize(x.reshape(*x.shape[:-channel_dims], -1)).reshape(x.shape)
+
+
+def install_at(site: Site, quantize: Callable[[Any], Any]) -> Callable[[], Any]:
+    """An installer (for ``Installed``) of a hook that passes the site's input through ``quantize``."""
+    f = _channels_last(quantize, site.channel_dims)
+    if site.kind == "output":
+        return lambda: site.module.register_forward_hook(lambda _m, _a, out: f(out))
+
     def pre(_module: Any, args: tuple, kwargs: dict) -> Any:
+        if site.kind == "argument":
+            if site.argument in kwargs:
+                return args, {**kwargs, site.argument: f(kwargs[site.argument])}
+            index = tuple(TL_QKV_ARGUMENTS.values()).index(site.argument)
+            return (*args[:index], f(args[index]), *args[index + 1:]), kwargs
         if args:
-            return (quantize(args[0]), *args[1:]), kwargs
+            return (f(args[0]), *args[1:]), kwargs
         key = next(k for k, v in kwargs.items() if hasattr(v, "dtype"))
-        return args, {**kwargs, key: quantize(kwargs[key])}
-    return pre
+        return args, {**kwargs, key: f(kwargs[key])}
+    return lambda: site.module.register_forward_pre_hook(pre, with_kwargs=True)
 
 
-def _kv_hook(spec: QuantSpec, role: str, layout: tuple[int, int, int]) -> Callable[..., Any]:
-    """Fake-quantize K and V per (token, head): outputs of k/v projections or the K, V parts of a fused QKV."""
-    n_heads, parts, d_head = layout
+def _kv_parts(targets: list[WeightTarget]) -> list[tuple[Any, str, int, list[tuple[int, int, str, Any]]]]:
+    """Per attention module holding K or V: ``(module, name, n_out, [(start, stop, role, head_layout)])``.
+
+    A module handed out as one target (``k_proj``, a fused ``qkv``) covers all its outputs; a fused
+    module split into several targets (GPT-2's ``c_attn`` as q, k, v) has its output columns in the
+    order of its targets, each as wide as its weight's rows.
+    """
+    groups: dict[int, tuple[Any, list[WeightTarget]]] = {}
+    for t in targets:
+        if t.role in ATTN_ROLES and not _is_tl_attention(t.module):
+            groups.setdefault(id(t.module), (t.module, []))[1].append(t)
+    plans = []
+    for module, ts in groups.values():
+        if not any(t.role in KV_ROLES for t in ts):
+            continue
+        parts, start = [], 0
+        for t in ts:
+            rows = int(t.weight.shape[0])
+            if t.role in KV_ROLES:
+                if t.head_layout is None:
+                    raise FeatsurvError(f"kv quantization needs the head layout of {t.name!r}, which its adapter "
+                                        "does not give", hint="Set head_layout on the adapter's k/v/qkv targets")
+                parts.append((start, start + rows, t.role, t.head_layout))
+            start += rows
+        plans.append((module, ts[0].name, start, parts))
+    return plans
+
+
+def _kv_hook(spec: QuantSpec, name: str, n_out: int, parts: list[tuple[int, int, str, Any]]) -> Callable[..., Any]:
+    """Fake-quantize K and V per (token, head) in a projection's output; Q columns stay as they are."""
 
     def hook(_module: Any, _args: Any, out: Any) -> Any:
         import torch
 
-        y = out.reshape(*out.shape[:-1], n_heads, parts, d_head)
-        if role == "qkv":  # rows laid out as (head, part q/k/v, d_head): keep Q, quantize K and V
-            kv = fake_quant(y[..., 1:, :], spec, (-1,))
-            y = torch.cat([y[..., :1, :], kv], dim=-2)
-        else:
-            y = fake_quant(y, spec, (-1,))
-        return y.reshape(out.shape)
+        if out.shape[-1] != n_out:
+            raise FeatsurvError(f"The output of {name!r} has {out.shape[-1]} columns, but its weight targets "
+                                f"cover {n_out}", hint="kv= needs an adapter whose targets tile the projection")
+        y = out.clone()
+        for start, stop, role, (n_heads, n_parts, d_head) in parts:
+            piece = out[..., start:stop].reshape(*out.shape[:-1], n_heads, n_parts, d_head)
+            if role == "qkv":  # rows laid out as (head, part q/k/v, d_head): keep Q, quantize K and V
+                piece = torch.cat([piece[..., :1, :], fake_quant(piece[..., 1:, :], spec, (-1,))], dim=-2)
+            else:
+                piece = fake_quant(piece, spec, (-1,))
+            y[..., start:stop] = piece.reshape(*out.shape[:-1], stop - start)
+        return y
     return hook
 
 
@@ -373,9 +459,9 @@ class ActQuant(Compressor):
         import torch
 
         self.static = {}
-        installers = []
-        for t in _by_module(targets, ATTN_ROLES + MLP_ROLES):
-            def observe(x: Any, key: str = t.name) -> Any:
+
+        def observer(key: str) -> Callable[[Any], Any]:
+            def observe(x: Any) -> Any:
                 flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
                 lo, hi = flat.amin(0), flat.amax(0)
                 if key in self.static:
@@ -383,20 +469,21 @@ class ActQuant(Compressor):
                     hi = torch.maximum(hi, self.static[key][1])
                 self.static[key] = (lo, hi)
                 return x
-            installers.append(lambda m=t.module, f=observe: m.register_forward_pre_hook(_input_hook(f),
-                                                                                        with_kwargs=True))
+            return observe
+
+        installers = [install_at(site, observer(site.key)) for site in input_sites(targets, ATTN_ROLES + MLP_ROLES)]
         device = getattr(model, "device", "cpu")
         with torch.no_grad(), Installed(installers):
             for ids, _keep in calibration.batches(8):
                 model.adapter.forward(model.model, ids.to(device))
 
-    def _static_range(self, target: WeightTarget, granularity: str) -> tuple[Any, Any]:
-        if target.name not in self.static:
+    def _static_range(self, site: Site, granularity: str) -> tuple[Any, Any]:
+        if site.key not in self.static:
             raise FeatsurvError(
-                f"act granularity={granularity} needs static input ranges, but {target.name!r} was not "
+                f"act granularity={granularity} needs static input ranges, but {site.key!r} was not "
                 "calibrated", hint="Static scales come from the calibration tokens (the host calls calibrate "
                 "first); use granularity=token for dynamic per-token scales")
-        lo, hi = self.static[target.name]
+        lo, hi = self.static[site.key]
         if granularity == "tensor":
             return lo.min(), hi.max()
         return lo, hi
@@ -407,26 +494,31 @@ class ActQuant(Compressor):
         installers: list[Callable[[], Any]] = []
         if s.act is not None:
             roles = tuple(r for g in s.scope for r in (ATTN_ROLES if g == "attn" else MLP_ROLES))
-            chosen = _by_module(targets, roles)
-            if not chosen:
+            sites = input_sites(targets, roles)
+            if not sites:
                 raise FeatsurvError(f"act scope={'+'.join(s.scope)} selects no linear layer within the weight "
                                     "--scope of this run", hint="Include attn or mlp in --scope, or change scope=")
-            for t in chosen:
+            for site in sites:
                 if s.granularity == "token":
                     quantize = (lambda x, spec=s.act: fake_quant(x, spec, (-1,)))
                 else:
-                    lo, hi = self._static_range(t, s.granularity)
+                    lo, hi = self._static_range(site, s.granularity)
                     quantize = (lambda x, spec=s.act, lo=lo, hi=hi: fake_quant(x, spec, lo=lo, hi=hi))
-                installers.append(lambda m=t.module, f=quantize: m.register_forward_pre_hook(
-                    _input_hook(f), with_kwargs=True))
+                installers.append(install_at(site, quantize))
         if s.kv is not None:
-            kv_targets = [t for t in _by_module(targets, KV_ROLES) if t.head_layout is not None]
-            if not kv_targets:
+            per_head = (lambda x, spec=s.kv: fake_quant(x, spec, (-1,)))
+            # TransformerLens: hook_k / hook_v hold [batch, pos, head, d_head]
+            tl = {(id(t.module), t.role): t.module for t in targets
+                  if t.role in ("k", "v") and _is_tl_attention(t.module)}
+            for (_, role), attn in tl.items():
+                point = getattr(attn, f"hook_{role}")
+                installers.append(lambda p=point: p.register_forward_hook(lambda _m, _a, out: per_head(out)))
+            plans = _kv_parts(targets)
+            if not plans and not tl:
                 raise FeatsurvError("kv quantization needs the K and V projections, but the weight --scope of "
                                     "this run holds none", hint="Include attn in --scope")
-            for t in kv_targets:
-                installers.append(lambda m=t.module, f=_kv_hook(s.kv, t.role, t.head_layout):
-                                  m.register_forward_hook(f))
+            for module, name, n_out, parts in plans:
+                installers.append(lambda m=module, f=_kv_hook(s.kv, name, n_out, parts): m.register_forward_hook(f))
         return Installed(installers) if installers else None
 
 

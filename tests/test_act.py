@@ -364,6 +364,138 @@ def test_kv_fake_quant_of_separate_projections_by_hand(tiny_models):
     assert torch.equal(q["y"], torch.nn.functional.linear(q["x"], by_role["q"].module.weight))
 
 
+def test_kv_of_a_fused_projection_split_into_q_k_v_targets():
+    """GPT-2's c_attn (output columns [Q | K | V]) handed out as three targets sharing one module."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=4)).eval()
+    c_attn = model.transformer.h[0].attn.c_attn
+    targets = [WeightTarget(f"c_attn[{role}]", c_attn, role, 0, (4, 1, 8), tensor=c_attn.weight.T[i * 32:(i + 1) * 32])
+               for i, role in enumerate(("q", "k", "v"))]
+    fp, quantized = {}, {}
+    before = c_attn.register_forward_hook(lambda _m, _a, out: fp.setdefault("y", out.detach().clone()))
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), act().transform(None, targets, params(bits=0, kv=4)):
+        after = c_attn.register_forward_hook(lambda _m, _a, out: quantized.setdefault("y", out.detach().clone()))
+        model(ids)
+        after.remove()
+    before.remove()
+    y, got = fp["y"], quantized["y"]
+    assert torch.equal(got[..., :32], y[..., :32])  # Q untouched
+    for part in (1, 2):  # K, V: per (token, head) over d_head
+        cols = slice(part * 32, (part + 1) * 32)
+        torch.testing.assert_close(got[..., cols], _by_head(y[..., cols], 4, 1, 8, 4).reshape(y[..., cols].shape))
+
+
+# --------------------------------------------------------------------------- TransformerLens components
+tl_quiet = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
+
+
+def _tl_model_and_targets():
+    """A tiny HookedTransformer and targets as a TransformerLens adapter hands them out (module = component)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=64,
+                                  act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary",
+                                  rotary_dim=8, seed=0)
+    model = HookedTransformer(cfg).eval()
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    targets = [WeightTarget(f"blocks.0.attn.W_{r.upper()}", attn, r, 0, (4, 1, 8),
+                            tensor=getattr(attn, f"W_{r.upper()}").detach().permute(0, 2, 1).reshape(32, 32).clone())
+               for r in ("q", "k", "v")]
+    targets.append(WeightTarget("blocks.0.attn.W_O", attn, "o", 0, None,
+                                tensor=attn.W_O.detach().reshape(32, 32).T.contiguous()))
+    targets += [WeightTarget("blocks.0.mlp.W_in", mlp, "mlp_in", 0, None, tensor=mlp.W_in.detach().T.contiguous()),
+                WeightTarget("blocks.0.mlp.W_out", mlp, "mlp_out", 0, None, tensor=mlp.W_out.detach().T.contiguous())]
+    return model, targets
+
+
+def _tl_run(model, targets, p, names):
+    """Activations at TransformerLens hook points: (FP-side values before our hooks, values after them)."""
+    before, after = {}, {}
+    points = {n: model.hook_dict[n] for n in names}
+    handles = [pt.register_forward_hook(lambda _m, _a, out, n=n: before.setdefault(n, out.detach().clone()))
+               for n, pt in points.items()]
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), act().transform(None, targets, p):
+        handles += [pt.register_forward_hook(lambda _m, _a, out, n=n: after.setdefault(n, out.detach().clone()))
+                    for n, pt in points.items()]
+        model(ids)
+        for h in handles:
+            h.remove()
+    return before, after
+
+
+def _per_token(x, bits=8):
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.abs().amax(-1, keepdim=True) / qmax
+    return torch.clamp(torch.round(x / scale), -qmax, qmax) * scale
+
+
+@tl_quiet
+def test_transformer_lens_components_quantize_each_linear_input():
+    model, targets = _tl_model_and_targets()
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    names = ["blocks.0.ln1.hook_normalized", "blocks.0.attn.hook_q", "blocks.0.attn.hook_z",
+             "blocks.0.hook_attn_out", "blocks.0.ln2.hook_normalized", "blocks.0.mlp.hook_pre",
+             "blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out"]
+    fp, seen = _tl_run(model, targets, params(bits=8), names)
+    # W_Q reads the per-token quantized attention input
+    x = _per_token(fp["blocks.0.ln1.hook_normalized"])
+    q = torch.einsum("bpd,hdk->bphk", x, attn.W_Q) + attn.b_Q
+    torch.testing.assert_close(seen["blocks.0.attn.hook_q"], q, atol=1e-5, rtol=1e-5)
+    # W_O reads z quantized per token over all heads' d_head values together
+    z = seen["blocks.0.attn.hook_z"]
+    zf = fp["blocks.0.attn.hook_z"]
+    torch.testing.assert_close(z, _per_token(zf.reshape(2, 12, 32)).reshape(zf.shape))
+    out = torch.einsum("bphk,hkd->bpd", z, attn.W_O) + attn.b_O
+    torch.testing.assert_close(seen["blocks.0.hook_attn_out"], out, atol=1e-5, rtol=1e-5)
+    # W_in reads the quantized MLP input, W_out the quantized hook_post
+    pre = _per_token(fp["blocks.0.ln2.hook_normalized"]) @ mlp.W_in + mlp.b_in
+    torch.testing.assert_close(seen["blocks.0.mlp.hook_pre"], pre, atol=1e-5, rtol=1e-5)
+    post = seen["blocks.0.mlp.hook_post"]
+    torch.testing.assert_close(post, _per_token(fp["blocks.0.mlp.hook_post"]))
+    torch.testing.assert_close(seen["blocks.0.hook_mlp_out"], post @ mlp.W_out + mlp.b_out, atol=1e-5, rtol=1e-5)
+
+
+@tl_quiet
+def test_transformer_lens_kv_per_head():
+    model, targets = _tl_model_and_targets()
+    names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v"]
+    fp, seen = _tl_run(model, targets, params(bits=0, kv=4), names)
+    for n in ("blocks.0.attn.hook_k", "blocks.0.attn.hook_v"):  # [batch, pos, head, d_head]
+        torch.testing.assert_close(seen[n], _per_token(fp[n], bits=4))
+        assert not torch.equal(seen[n], fp[n])
+    assert torch.equal(seen["blocks.0.attn.hook_q"], fp["blocks.0.attn.hook_q"])
+
+
+@tl_quiet
+def test_transformer_lens_calibration_and_hooks_removed():
+    from featsurv.base import LoadedModel
+
+    model, targets = _tl_model_and_targets()
+
+    class Adapter:
+        def forward(self, m, ids):
+            return m(ids)
+
+    loaded = LoadedModel(model, None, Adapter(), "tl", "float32", "cpu")
+    compressor = ActQuant()
+    compressor.calibrate(loaded, targets, _token_set(list(range(10))))
+    # W_Q, W_K, W_V read one input each (the same tensor), W_O z flattened to heads*d_head, MLP in and post
+    widths = {k: v[0].shape[0] for k, v in compressor.static.items()}
+    assert widths == {"blocks.0.attn.W_Q": 32, "blocks.0.attn.W_K": 32, "blocks.0.attn.W_V": 32,
+                      "blocks.0.attn.W_O": 32, "blocks.0.mlp.W_in": 32, "blocks.0.mlp.W_out": 64}
+    ids = torch.arange(10).unsqueeze(0)
+    base = _hook_count(model)
+    with torch.no_grad():
+        fp = model(ids)
+        with compressor.transform(loaded, targets, params(bits=6, granularity="channel", kv=8)):
+            assert not torch.equal(model(ids), fp)
+        assert _hook_count(model) == base and torch.equal(model(ids), fp)
+
+
 # --------------------------------------------------------------------------- hooks come off
 def _hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
