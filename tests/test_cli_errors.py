@@ -53,7 +53,7 @@ def test_bad_parameters(base_args, tmp_path, param, needle):
 def test_unknown_adapter_metric_dataset_and_sae(base_args, tmp_path):
     out = tmp_path / "r"
     check_error(invoke(["audit", "rtn", *base_args, "--adapter", "nosuch", "--out", str(out)]),
-                "model adapter 'nosuch'", "gemma2, generic, gpt_neox", out_dir=out)
+                "model adapter 'nosuch'", "gemma2, generic, gpt2, gpt_neox", out_dir=out)
     check_error(invoke(["audit", "rtn", *base_args, "--metric", "nosuch", "--out", str(out)]),
                 "metric 'nosuch'", out_dir=out)
     check_error(invoke(["audit", "rtn", *swap(base_args, "--dataset", "weird:thing"), "--out", str(out)]),

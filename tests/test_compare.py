@@ -15,16 +15,17 @@ class FakeSession:
 
     def __init__(self, fn):
         self.registry = get_registry()
+        self.metrics = SimpleNamespace(match_label=lambda: "perplexity")
         self.fn = fn
         self.tried = []
 
-    def run(self, name, params, features=True):
-        value = params["sparsity"] if "sparsity" in params else params["bits"]
-        self.tried.append(value)
-        return SimpleNamespace(perplexity=self.fn(value))
-
     def progress(self, msg):
         pass
+
+    def run(self, name, params, features=True, tokens=None):
+        value = params["sparsity"] if "sparsity" in params else params["bits"]
+        self.tried.append(value)
+        return SimpleNamespace(target=self.fn(value))
 
 
 def test_bisection_reproduces_the_reference_protocol_steps():

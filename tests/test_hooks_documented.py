@@ -224,7 +224,7 @@ def _exercise_sae_sources(registry: Registry, folder: Path, request) -> None:
 
 
 def _exercise_metrics(registry: Registry, folder: Path, request) -> None:
-    from featsurv.audit import AuditOptions, AuditSession
+    from featsurv.audit import AuditSession, make_options
     from featsurv.progress import Progress
     from featsurv.runs import run_audit
 
@@ -240,7 +240,7 @@ def _exercise_metrics(registry: Registry, folder: Path, request) -> None:
     # and through a real audit, asked for with --metric
     tiny_models, tiny_sae, tiny_corpus = (request.getfixturevalue(n) for n in ("tiny_models", "tiny_sae", "tiny_corpus"))
     model = tiny_models["llama"]
-    options = AuditOptions(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=256,
+    options = make_options(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=256,
                            bootstrap=0, metrics=["lost_firing"])
     session = AuditSession(options, registry, Progress(quiet=True))
     run = run_audit(options, [("rtn", {"bits": 3, "symmetric": True, "granularity": "channel"})],

@@ -26,3 +26,6 @@ def plugins_cmd(as_json: bool) -> None:
                 click.echo(f"    {kind[:-1].replace('_', ' ')} {name}: {item.description}")
                 for p in describe(getattr(item, "params", ())):
                     click.echo(f"        -p {p['name']}=...  {p['allowed']} (default {p['default']}) {p['help']}")
+
+
+command = plugins_cmd
