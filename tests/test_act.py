@@ -706,3 +706,24 @@ def test_audit_act_sweep_and_recipes_beside_rtn_on_the_embedded_default(tmp_path
         assert by[("act w4a8", hook)]["perplexity"] != by[("rtn int4 granularity=group:128", hook)]["perplexity"]
         assert by[("act w8a8", hook)]["survived"] > 0.9
     print_summary(run.summary, run.path)
+
+
+def test_compare_bisects_activation_bits_or_a_weight_knob_with_activations_fixed(tiny_models, tiny_sae, tiny_corpus):
+    from featsurv.compare import run_compare
+
+    rtn = ("rtn", {"bits": 4, "symmetric": True, "granularity": "channel"})
+    session = _session(tiny_models, tiny_sae, tiny_corpus)
+    result = run_compare(session.options, rtn, ("act", params()), steps=3, session=session)
+    (entry, *_) = result.summary["comparisons"]
+    assert entry["knob"] == "bits" and 4 <= entry["matched_params"]["bits"] <= 8
+    assert [step["params"]["bits"] for step in entry["path"]] and entry["b"].startswith("act A")
+    # weight bits searched with A8 fixed
+    session = _session(tiny_models, tiny_sae, tiny_corpus)
+    result = run_compare(session.options, rtn, ("act", params(bits=8)), knob="weight_bits", steps=3, session=session)
+    (entry, *_) = result.summary["comparisons"]
+    assert entry["knob"] == "weight_bits" and entry["matched_params"]["bits"] == 8
+    assert entry["b"] == f"act W{entry['matched_params']['weight_bits']}A8"
+    # a recipe leaves nothing to search: measured as given
+    session = _session(tiny_models, tiny_sae, tiny_corpus)
+    result = run_compare(session.options, rtn, ("act", params(recipe="w8a8")), steps=3, session=session)
+    assert result.summary["comparisons"][0]["knob"] is None
