@@ -96,11 +96,23 @@ def fake_quant(x: Any, spec: QuantSpec, dims: tuple[int, ...] | None = None,
       zero point ``round(-lo / scale)``.
     - FP8: ``scale = absmax / finfo.max``; ``x / scale`` is clamped to the format's range and cast
       to torch's float8 dtype and back, as FP8 serving kernels do.
+
+    With gradients on (``x.requires_grad``), the result passes them straight through to ``x``.
     """
     import torch
 
-    xf = x.detach().to(torch.float32)
+    out = _fake_quant(x.detach(), spec, dims, lo, hi)
+    if x.requires_grad and torch.is_grad_enabled():
+        return x + (out - x).detach()  # straight-through estimator
+    return out
+
+
+def _fake_quant(x: Any, spec: QuantSpec, dims: tuple[int, ...] | None, lo: Any, hi: Any) -> Any:
+    import torch
+
+    xf = x.to(torch.float32)
     if lo is None:
+        dims = tuple(range(xf.ndim)) if dims is None else dims
         lo = xf.amin(dim=dims, keepdim=True)
         hi = xf.amax(dim=dims, keepdim=True)
     lo, hi = lo.to(xf.device, torch.float32), hi.to(xf.device, torch.float32)
@@ -222,10 +234,6 @@ class Installed:
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
-
-    @property
-    def n_hooks(self) -> int:
-        return len(self._handles)
 
 
 @dataclass(frozen=True)

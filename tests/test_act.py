@@ -727,3 +727,13 @@ def test_compare_bisects_activation_bits_or_a_weight_knob_with_activations_fixed
     session = _session(tiny_models, tiny_sae, tiny_corpus)
     result = run_compare(session.options, rtn, ("act", params(recipe="w8a8")), steps=3, session=session)
     assert result.summary["comparisons"][0]["knob"] is None
+
+
+def test_gradients_pass_straight_through():
+    x = torch.tensor([[0.3, -1.2, 0.05]], requires_grad=True)
+    y = fake_quant(x, INT4, (-1,))
+    torch.testing.assert_close(y.detach(), fake_quant(x.detach(), INT4, (-1,)))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    # dims=None: one scale for the whole tensor, 2/7: -0.5 * 3.5 = -1.75 -> -2
+    torch.testing.assert_close(fake_quant(torch.tensor([2.0, -0.5]), INT4), torch.tensor([2.0, -4 / 7]))
