@@ -351,7 +351,7 @@ class Metric(ABC):
     #: Prefix of this metric's per-feature columns in features.parquet (None: ``"<name>."``).
     feature_prefix: ClassVar[str | None] = None
     #: Set when ``match_value`` gives the model-level value `featsurv compare` matches (a label
-    #: for messages, e.g. "perplexity"); the first metric in order that sets it is used.
+    #: for messages, e.g. ``perplexity``); the first metric in order that sets it is used.
     match_label: ClassVar[str | None] = None
 
     def match_value(self, model_result: Any) -> float | None:

@@ -33,7 +33,7 @@ def parse_metric_options(registry: Registry, raw: dict[str, dict[str, Any]]) -> 
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, str]]:
-    """``["predictor.folds=10"]`` -> ``{"predictor": {"folds": "10"}}`` (``--metric-option``)."""
+    """``["m.folds=10"]`` -> ``{"m": {"folds": "10"}}`` (``--metric-option``)."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from featsurv import FeatsurvError, WeightTarget
-from featsurv.audit import AuditOptions, AuditSession
+from featsurv.audit import AuditSession, make_options
 from featsurv.capture import capture
 from featsurv.cli import cli
 from featsurv.hf import HFDecoderAdapter, conv1d_view, get_path
@@ -26,7 +26,14 @@ from featsurv.plugins import build_registry
 from featsurv.progress import Progress
 from featsurv.runs import run_audit
 from featsurv.testing import write_exact_sae
-from featsurv_plugins.compress_magnitude import Magnitude
+from featsurv_plugins.compress_pruning import Pruning
+
+
+def Magnitude():  # noqa: N802 - the magnitude method of the pruning compressor, its defaults filled in
+    class _Filled:
+        def compress(self, targets, params):
+            Pruning().compress(targets, {**{q.name: q.default for q in Pruning.params}, **params})
+    return _Filled()
 from featsurv_plugins.compress_rtn import RTN
 
 D_MODEL, N_HEADS, N_LAYERS, N_CTX = 32, 4, 2, 64
@@ -329,7 +336,7 @@ def _window_perplexity(model, tokens, batch_size: int) -> float:
 
 
 def test_audit_perplexity_matches_a_hand_quantized_model(registry, tiny_gpt2, gpt2_sae, tiny_corpus, tmp_path):
-    options = AuditOptions(model=str(tiny_gpt2), saes=[str(gpt2_sae("blocks.1.hook_resid_post"))],
+    options = make_options(model=str(tiny_gpt2), saes=[str(gpt2_sae("blocks.1.hook_resid_post"))],
                            dataset=str(tiny_corpus), n_tokens=512, context=32, bootstrap=0)
     session = AuditSession(options, registry, Progress(quiet=True))
     result = run_audit(options, [("rtn", {"bits": 4, "symmetric": True, "granularity": "channel"})],

@@ -65,9 +65,12 @@ class LazyGroup(click.Group):
         if name not in builtin_commands():
             return None
         try:
-            return importlib.import_module(f"{__name__}.{name}").command
+            module = importlib.import_module(f"{__name__}.{name}")
+            command = module.command
         except (ImportError, AttributeError) as exc:
             raise click.ClickException(f"command {name!r} is not available: {exc}") from None
+        refresh = getattr(module, "refresh", None)  # e.g. metric flags of the plugins loaded now
+        return refresh(command) if refresh else command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

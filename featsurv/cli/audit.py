@@ -34,4 +34,5 @@ def audit_cmd(compressor: str, params: tuple[str, ...], **kwargs) -> None:
     print_published(result.summary, published_for(options, preset), registry)
 
 
-command = add_metric_options(audit_cmd)
+command = audit_cmd
+refresh = add_metric_options

@@ -73,12 +73,14 @@ def audit_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def add_metric_options(command: click.Command) -> click.Command:
-    """Append every installed metric's flags to a command (once)."""
+    """Give a command the flags of the metrics installed now (again when the plugins change)."""
     from ..plugins import get_registry
 
-    if not getattr(command, "_featsurv_metric_flags", False):
-        command.params.extend(_metric_options(get_registry()))
-        command._featsurv_metric_flags = True  # type: ignore[attr-defined]
+    registry = get_registry()
+    if getattr(command, "_featsurv_registry", None) is not registry:
+        command.params = [p for p in command.params if not (p.name or "").startswith(("enable__", "mopt__"))]
+        command.params.extend(_metric_options(registry))
+        command._featsurv_registry = registry  # type: ignore[attr-defined]
     return command
 
 

@@ -51,20 +51,21 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
     options, preset = build_options(kwargs)
     comp_a, comp_b = registry.get("compressors", a), registry.get("compressors", b)
     spec = (preset.compare if preset else {}) or {}
+    same = lambda key, comp: bool(spec.get(key)) and registry.get("compressors", spec[key]).name == comp.name  # noqa: E731
     raw_a = parse_assignments(a_params)
     if not raw_a:
-        defaults = spec.get("a_params") if spec.get("a") == a else comp_a.compare_default
+        defaults = spec.get("a_params") if same("a", comp_a) else comp_a.compare_default
         raw_a = {k: [str(v)] for k, v in (defaults or {}).items()}
     grid_a = expand_grid(comp_a.params, raw_a, a)
     if len(grid_a) != 1:
         raise FeatsurvError("compare takes one configuration of A, not a sweep", hint="Give each -p one value")
     raw_b = parse_assignments(b_params)
-    if not raw_b and spec.get("b") == b:
+    if not raw_b and same("b", comp_b):
         raw_b = {k: [str(v)] for k, v in (spec.get("b_params") or {}).items()}
     grid_b = expand_grid(comp_b.params, raw_b, b)
     if len(grid_b) != 1:
         raise FeatsurvError("compare takes fixed values for B's other parameters", hint="Give each --param-b one value")
-    same_b = spec.get("b") == b
+    same_b = same("b", comp_b)
     knob_range = _range(search_range) or (tuple(spec["range"]) if same_b and "range" in spec else None)
     steps = steps if steps is not None else ((spec.get("steps") if same_b else None) or 8)
     rtol = rtol if rtol is not None else (spec.get("rtol") if same_b and "rtol" in spec else 0.005)
@@ -77,4 +78,5 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
     print_published(result.summary, published_for(options, preset), registry)
 
 
-command = add_metric_options(compare_cmd)
+command = compare_cmd
+refresh = add_metric_options
