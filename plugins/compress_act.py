@@ -453,8 +453,8 @@ class ActQuant(Compressor):
             from featsurv.plugins import get_registry
 
             rtn = get_registry().get("compressors", "rtn")
-            rtn.compress(targets, {"bits": spec.bits, "symmetric": spec.symmetric,
-                                   "granularity": s.weight_granularity})
+            rtn.compress(targets, {**{q.name: q.default for q in rtn.params}, "bits": spec.bits,
+                                   "symmetric": spec.symmetric, "granularity": s.weight_granularity})
             return
         with torch.no_grad():
             for t in targets:
