@@ -138,7 +138,8 @@ def load_workbench(options: AuditOptions, registry: Registry, progress: Progress
     peek_dataset(bench)
     progress(f"loading model {options.model}")
     bench.loaded = load_model(registry, options.model, adapter=options.adapter, dtype=options.dtype,
-                              device=bench.device, trust_remote_code=options.trust_remote_code)
+                              device=bench.device, trust_remote_code=options.trust_remote_code,
+                              require_safetensors=options.require_safetensors)
     bench.loaded.adapter.compressible_weights(bench.loaded.model, options.scope)  # a scope it cannot take fails now
     pair_saes(bench, saes)
     calib = options.calibration_tokens or (DEFAULT_CALIBRATION_TOKENS if needs_calibration else 0)
