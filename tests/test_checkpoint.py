@@ -114,14 +114,14 @@ def rtn_checkpoints(tmp_path_factory):
 
 def test_a_dense_checkpoint_gives_the_per_feature_r_of_compressing_in_place(rtn_checkpoints, tmp_path):
     """featsurv's rtn int4 written to disk, read back by `checkpoint`: the same r for every feature (1e-6)."""
-    from featsurv.audit import AuditOptions
+    from featsurv.audit import make_options
     from featsurv.runs import run_audit
 
     from featsurv.presets import get_preset
 
     preset = dict(get_preset(None).options)  # the embedded default, on fewer tokens
     preset.update(model=resolve(preset["model"]), saes=[resolve(s) for s in preset["saes"]], n_tokens=2048, bootstrap=0)
-    options = AuditOptions(**preset)
+    options = make_options(**preset)
     configs = [("checkpoint", {"path": str(rtn_checkpoints[4])}),
                ("rtn", {"bits": 4, "symmetric": True, "granularity": "channel"})]
     result = run_audit(options, configs, out_dir=tmp_path / "run")

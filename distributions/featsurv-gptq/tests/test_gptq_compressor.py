@@ -138,11 +138,11 @@ def test_only_linear_targets():
 
 
 def test_audit_and_gate_with_calibration_on_disjoint_tokens(register_plugin, tiny_corpus, tmp_path):
-    """Through the host on the embedded default (audit tokens: featsurv:heldout), calibrated by hand on the
-    synthetic corpus (another text altogether), as the host's calibration wiring will do."""
+    """Through the host on the embedded default: the host sets calibration tokens aside after the
+    audit tokens (disjoint by construction) and calibrates gptq once, before its first configuration."""
     from click.testing import CliRunner
 
-    from featsurv.audit import AuditOptions, AuditSession
+    from featsurv.audit import AuditSession, make_options
     from featsurv.cli import cli
     from featsurv.data_paths import resolve
     from featsurv.plugins import get_registry
@@ -156,18 +156,16 @@ def test_audit_and_gate_with_calibration_on_disjoint_tokens(register_plugin, tin
     preset = dict(get_preset(None).options)
     preset.update(model=resolve(preset["model"]), saes=[resolve(s) for s in preset["saes"]], n_tokens=2048,
                   bootstrap=0)
-    options = AuditOptions(**preset)
+    options = make_options(**preset)
     session = AuditSession(options, registry, Progress(quiet=True))
-    session.prepare()
-    comp = registry.get("compressors", "gptq")
-    calibration = build_tokens(session.loaded.tokenizer, tiny_corpus.read_text().split("\n\n"), dataset="calibration",
-                               n_tokens=1024, context=128, prepend_bos=True)
-    targets = session.loaded.adapter.compressible_weights(session.loaded.model, options.scope)
-    comp.calibrate(session.loaded, targets, calibration)
+    session.prepare(needs_calibration=True)
+    calib = session.bench.calibration
+    assert calib is not None and not set(map(tuple, calib.contexts.tolist())) & set(map(tuple, session.tokens.contexts.tolist()))
     configs = [("gptq", {**DEFAULTS, "bits": 4}), ("rtn", {"bits": 4, "symmetric": True, "granularity": "group:128"})]
     out = tmp_path / "run"
     outcomes = [session.run(name, params) for name, params in configs]  # what run_audit does after prepare()
     result = finish(session, assemble(session, outcomes, "audit"), out, "audit")
+    assert list(result.run["calibration"]) == ["gptq"]  # calibrated once, before its configuration
     by = {e["label"]: e for e in result.summary["results"] if e["hook"] == "blocks.1.hook_resid_post"}
     assert by["gptq int4"]["perplexity"] < by["rtn int4 granularity=group:128"]["perplexity"]
     floor = min(e["survived"] for e in result.summary["results"])
