@@ -48,6 +48,7 @@ class AuditOptions:
     saes: list[str]
     hooks: list[str] | None = None
     adapter: str | None = None
+    adapter_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "featsurv:heldout"
     n_tokens: int = 32768
     context: int | None = None
@@ -168,7 +169,7 @@ class AuditSession:
         torch.manual_seed(o.seed)
         self.progress(f"loading model {o.model}")
         self.loaded = load_model(self.registry, o.model, adapter=o.adapter, dtype=o.dtype, device=o.device,
-                                 trust_remote_code=o.trust_remote_code)
+                                 trust_remote_code=o.trust_remote_code, adapter_options=o.adapter_options)
         model = self.loaded.model
         n_layers = len(self.loaded.adapter.layers(model))
         d_model = self.loaded.adapter.width(model)

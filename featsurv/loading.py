@@ -23,8 +23,10 @@ def pick_adapter(registry: Registry, config: Any, adapter: str | None) -> Any:
 
 
 def load_model(registry: Registry, source: str, *, adapter: str | None = None, dtype: str = "float32",
-               device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a model through the adapter that matches its config (or the one named)."""
+               device: str = "cpu", trust_remote_code: bool = False,
+               adapter_options: dict[str, Any] | None = None) -> LoadedModel:
+    """Load a model through the adapter that matches its config (or the one named), configured
+    with ``adapter_options`` (validated against the adapter's declared options)."""
     from transformers import AutoConfig
 
     from .hf import model_load_error
@@ -34,7 +36,7 @@ def load_model(registry: Registry, source: str, *, adapter: str | None = None, d
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise model_load_error(source, exc) from None
-    chosen = pick_adapter(registry, config, adapter)
+    chosen = pick_adapter(registry, config, adapter).configure(dict(adapter_options or {}))
     loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     try:
         # resolve everything the audit will need now, so a mismatch fails before any work

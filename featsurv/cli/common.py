@@ -11,6 +11,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--preset", default=None, help="Named preset (see `featsurv presets`); default: the embedded model."),
     click.option("--model", default=None, help="Hub id or local directory of a Hugging Face causal LM."),
     click.option("--adapter", default=None, help="Model adapter to use (default: chosen from the model's config)."),
+    click.option("--adapter-option", "adapter_options", multiple=True, metavar="KEY=VALUE",
+                 help="Option of the model adapter (repeat; `featsurv plugins` lists them)."),
     click.option("--sae", "saes", multiple=True, help="SAE: sae-lens directory or RELEASE:SAE_ID. Repeat for several hooks."),
     click.option("--hook", "hooks", multiple=True, help="Hook of each --sae (default: the SAE's metadata)."),
     click.option("--dataset", default=None, help="file.txt, file.jsonl, hf:NAME[:CONFIG[:SPLIT]] or featsurv:heldout."),
@@ -63,6 +65,8 @@ def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     for key in ("saes", "hooks", "metrics"):
         if key in given:
             given[key] = list(given[key])
+    if "adapter_options" in given:
+        given["adapter_options"] = _adapter_options(given["adapter_options"])
     if "scope" in given:
         given["scope"] = tuple(s.strip() for s in given["scope"].split(",") if s.strip())
     preset = None
@@ -73,6 +77,10 @@ def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
         raise FeatsurvError("--model was given without --sae", hint="Pass --sae for the model, or drop --model to use the preset")
     if "saes" in given and "hooks" not in given:
         values.pop("hooks", None)  # the preset's hooks belong to the preset's SAEs
+    if "adapter" in given and given["adapter"] != values.get("adapter"):
+        values.pop("adapter_options", None)  # the preset's options belong to the preset's adapter
+    if "adapter_options" in given:  # given options override the preset's one by one
+        given["adapter_options"] = {**values.get("adapter_options", {}), **given["adapter_options"]}
     values.update(given)
     if "saes" not in values:
         raise FeatsurvError("No SAE given", hint="Pass --sae DIR_OR_RELEASE:ID (repeat for several hooks)")
@@ -82,6 +90,21 @@ def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     if preset:
         values["preset"] = preset.name
     return AuditOptions(**values), preset
+
+
+def _adapter_options(items: tuple[str, ...]) -> dict[str, str]:
+    """``("fold_ln=false", ...)`` as a dict; each key once."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise FeatsurvError(f"Bad --adapter-option {item!r}: expected KEY=VALUE",
+                                hint="Write e.g. `--adapter-option fold_ln=false`")
+        if key in out:
+            raise FeatsurvError(f"Adapter option {key!r} given twice", hint="Give each --adapter-option key once")
+        out[key] = value
+    return out
 
 
 def published_for(options: Any, preset: Any) -> Any:

@@ -26,3 +26,5 @@ def plugins_cmd(as_json: bool) -> None:
                 click.echo(f"    {kind[:-1].replace('_', ' ')} {name}: {item.description}")
                 for p in describe(getattr(item, "params", ())):
                     click.echo(f"        -p {p['name']}=...  {p['allowed']} (default {p['default']}) {p['help']}")
+                for p in describe(getattr(item, "options", ()) if kind == "model_adapters" else ()):
+                    click.echo(f"        --adapter-option {p['name']}=...  {p['allowed']} (default {p['default']}) {p['help']}")
