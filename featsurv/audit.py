@@ -14,7 +14,6 @@ from typing import Any
 
 from .base import Batch, FeatureResult, LoadedModel, LoadedSAE
 from .errors import FeatsurvError
-from .hf import parse_hook
 from .loading import dataset_source, load_model, load_sae
 from .plugins import Registry, get_registry
 from .progress import Progress
@@ -171,8 +170,6 @@ class AuditSession:
         self.loaded = load_model(self.registry, o.model, adapter=o.adapter, dtype=o.dtype, device=o.device,
                                  trust_remote_code=o.trust_remote_code, adapter_options=o.adapter_options)
         model = self.loaded.model
-        n_layers = len(self.loaded.adapter.layers(model))
-        d_model = self.loaded.adapter.width(model)
         self.loaded.adapter.compressible_weights(model, o.scope)  # a scope this model cannot take fails now
         max_pos = self.loaded.adapter.max_positions(model)
         if o.perplexity_mode == "sliding":
@@ -195,13 +192,15 @@ class AuditSession:
                                     hint="Pass --hook blocks.L.hook_resid_post (or the hook it was trained at)")
             if o.hooks and sae.hook_name and sae.hook_name != hook:
                 self.progress(f"warning: SAE {spec} was trained at {sae.hook_name}, audited at {hook} (--hook)")
-            parse_hook(hook, n_layers)
-            if sae.model_name and not _same_model(sae.model_name, o.model, getattr(model.config, "_name_or_path", "")):
+            self.loaded.adapter.hook_point(model, hook)  # an unknown hook fails here, naming what exists
+            name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "")
+            if sae.model_name and not _same_model(sae.model_name, o.model, name_or_path):
                 self.progress(f"warning: SAE {spec} says it was trained on {sae.model_name!r}, not {o.model!r}; "
                               "the fit check below tells whether it fits")
-            if sae.d_in != d_model:
+            width = self.loaded.adapter.hook_width(model, hook)
+            if sae.d_in != width:
                 raise FeatsurvError(
-                    f"SAE {spec!r} expects d_in={sae.d_in}, but model {o.model!r} has width {d_model} at {hook}",
+                    f"SAE {spec!r} expects d_in={sae.d_in}, but model {o.model!r} has width {width} at {hook}",
                     hint="Pair the SAE with the model it was trained on (`featsurv presets` lists known pairings)")
             if hook in self.hooks:
                 raise FeatsurvError(f"Two SAEs are given for hook {hook!r}", hint="Give one SAE per hook")
@@ -253,7 +252,8 @@ class AuditSession:
                     acc.update(logits, ids.to(logits.device))
                 for hook, state in self.hooks.items():
                     x, f = self._encode(state, acts[hook], keep)
-                    ev[hook].update(x, state.sae.decode(f))
+                    # per-head hooks (hook_z: [tokens, heads, d_head]) are compared flattened
+                    ev[hook].update(x.reshape(x.shape[0], -1), state.sae.decode(f).reshape(x.shape[0], -1))
                     stats[hook].update(f)
                     state.fp_batches.append(_sparse(f))
                 self.progress.step("FP pass", i, n)

@@ -137,6 +137,10 @@ class ModelAdapter(ABC):
         """The residual stream width ``d_model`` (default: ``config.hidden_size``)."""
         return int(model.config.hidden_size)
 
+    def hook_width(self, model: Any, hook_name: str) -> int:
+        """The size of one token's activation at a hook, flattened (default: ``width``)."""
+        return self.width(model)
+
     def max_positions(self, model: Any) -> int | None:
         """The most positions one context may have, or None when unbounded."""
         return getattr(model.config, "max_position_embeddings", None)
