@@ -158,19 +158,24 @@ def _pythia_weights(seed: int) -> dict[str, Any]:
     return out
 
 
-def _calibrated_sae(acts: Any, seed: int) -> dict[str, Any]:
-    """A ReLU SAE on ``acts`` [N, 512] whose features fire at rates spread from 0.05% to 20%."""
+def _calibrated_sae(acts: Any, seed: int, gain: float = 30.0) -> dict[str, Any]:
+    """A ReLU SAE on ``acts`` [N, 512] whose features fire at rates spread from 0.05% to 20%.
+
+    Encoder columns have norm ``gain``: activations well above the reference's 1e-12 clamp of
+    the product of variances, which would otherwise change r for features that barely fire.
+    """
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
-    w_enc = torch.randn(d_in, D_SAE, generator=gen)
-    w_enc /= w_enc.norm(dim=0, keepdim=True)
+    unit = torch.randn(d_in, D_SAE, generator=gen)
+    unit /= unit.norm(dim=0, keepdim=True)
+    w_enc = gain * unit
     b_dec = acts.mean(0)
     pre = (acts - b_dec) @ w_enc
     rates = torch.logspace(-3.3, -0.7, D_SAE)[torch.randperm(D_SAE, generator=gen)]
-    b_enc = -torch.stack([torch.quantile(pre[:, j], 1 - rates[j]) for j in range(D_SAE)])
-    w_dec = w_enc.T.clone() * (d_in / D_SAE) ** 0.5
+    b_enc = -torch.quantile(pre, 1 - rates, dim=0).diagonal()  # column j at its own rate
+    w_dec = unit.T.clone() * (d_in / D_SAE) ** 0.5 / gain
     return {"W_enc": w_enc.contiguous(), "b_enc": b_enc.contiguous(), "W_dec": w_dec.contiguous(),
             "b_dec": b_dec.contiguous()}
 
