@@ -211,6 +211,10 @@ class Compressor(ABC):
     #: True when ``calibrate`` must run before ``compress`` (data-aware methods: Wanda, GPTQ...).
     needs_calibration: ClassVar[bool] = False
 
+    def needs_calibration_for(self, params: dict[str, Any]) -> bool:
+        """Whether a configuration with these parameters needs ``calibrate`` first."""
+        return self.needs_calibration
+
     def search_knob(self, params: dict[str, Any]) -> str | None:
         """The knob `compare` may bisect for these fixed parameters (None: nothing left to search,
         e.g. an N:M pattern that fixes sparsity). Default: ``knob``."""
@@ -258,10 +262,40 @@ class DatasetSource(ABC):
 # --------------------------------------------------------------------------- metrics
 @dataclass
 class FeatureResult:
-    """What a feature metric reports for one (configuration, hook)."""
+    """What a feature metric reports for one (configuration, hook).
+
+    ``summary`` joins the configuration's summary entry (under ``metrics.<name>``, or at the
+    top level for the metric the host treats as primary); ``per_feature`` arrays of length
+    ``d_sae`` become columns of features.parquet; ``tables`` are extra tables (name -> pandas
+    DataFrame) that the host concatenates over configurations and hooks (adding ``config`` and
+    ``hook`` columns) into ``<name>.parquet`` in the run directory.
+    """
 
     summary: dict[str, Any]
     per_feature: dict[str, "np.ndarray"] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+
+class FPAccumulator(ABC):
+    """Streams the FP features of one hook during the FP pass (once per audit)."""
+
+    @abstractmethod
+    def update(self, fp: "torch.Tensor", batch: Batch) -> None:
+        """``fp`` is ``[tokens, d_sae]`` for the kept tokens of ``batch``."""
+
+    @abstractmethod
+    def result(self) -> Any:
+        """Finish; the host hands this to the metric's ``feature_accumulator(..., fp_result=...)``."""
+
+
+@dataclass
+class ReportSection:
+    """A metric's part of report.html: an HTML fragment, and files written beside it."""
+
+    title: str
+    html: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    order: int = 50
 
 
 @dataclass
@@ -278,6 +312,7 @@ class Batch:
     context_sizes: list[int]
     positions: Any = None
     input_ids: Any = None
+    tokenizer: Any = None
 
 
 class FeatureAccumulator(ABC):
@@ -304,22 +339,77 @@ class ModelAccumulator(ABC):
         """Finish and report."""
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column a metric adds to the results table (CLI and report).
+
+    ``key`` is a field of a summary entry; ``format`` is ``pct`` (0.5 -> 50.0%), ``signed_pct``
+    (+1.23%), ``float`` (3 decimals) or ``num`` (4 significant digits).
+    """
+
+    key: str
+    header: str
+    format: str = "float"
+    width: int = 9
+
+
 class Metric(ABC):
     """A measurement. Override the hooks that apply; the host calls each at its time.
 
-    - ``feature_accumulator``: once per (configuration, hook), fed FP and compressed features.
+    Per audit, in this order:
+    - ``setup``: once, after the model and tokens load, before the FP pass; returns derived
+      settings (recorded in run.json) or None. Raise FeatsurvError for options the model cannot take.
+    - ``fp_accumulator``: once per hook point, fed the FP features during the FP pass.
     - ``model_accumulator``: once for FP and once per configuration, fed logits of the audit pass.
     - ``evaluate``: once for FP and once per configuration, with the model in that state.
-    - ``compare``: once per hook in `featsurv compare`, on the two configurations' per-feature r.
-    - ``analyze``: once per run, after every configuration, on the finished results.
+    - ``feature_accumulator``: once per (configuration, hook point), fed FP and compressed
+      features (``fp_result``: what this metric's FP accumulator returned, when it has one).
+    - ``entry``: once per (configuration, hook point), after every metric measured it: fields for
+      the summary entry, given the entry so far (other metrics' fields) and the FP baseline.
+    - ``compare``: once per hook point in `featsurv compare`, on both configurations' results.
+    - ``analyze``: once per run, after every configuration, on the finished result; the return
+      value is stored in summary.json under ``summary_key`` (default: the metric's name).
+    Presentation: ``columns`` (results table), ``text`` (lines printed after the table),
+    ``report_sections`` (report.html).
+
+    ``options`` passed to every hook holds this metric's declared ``options`` (parsed, with
+    defaults) plus the run-wide ``seed``.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    #: Run by default (True) or only when asked for with --metric / a command.
+    #: Run by default (True) or only when asked for with --metric NAME or ``enable_flag``.
     default: ClassVar[bool] = True
+    #: A CLI flag of audit/compare that turns this metric on (e.g. ``predict`` for --predict).
+    enable_flag: ClassVar[str | None] = None
+    #: Typed options (``--metric-option NAME.KEY=VALUE``; a Param with ``flag`` also gets --FLAG).
+    options: ClassVar[tuple[Param, ...]] = ()
+    #: Where ``analyze``'s result goes in summary.json (default: ``name``).
+    summary_key: ClassVar[str | None] = None
+    #: Metrics run (and add their summary fields and columns) in ascending order, then by name.
+    order: ClassVar[int] = 50
+    #: Prefix of this metric's per-feature columns in features.parquet (None: ``"<name>."``).
+    feature_prefix: ClassVar[str | None] = None
+    #: Set when ``match_value`` gives the model-level value `featsurv compare` matches (a label
+    #: for messages, e.g. ``perplexity``); the first metric in order that sets it is used.
+    match_label: ClassVar[str | None] = None
 
-    def feature_accumulator(self, d_sae: int, options: dict[str, Any]) -> FeatureAccumulator | None:
+    def match_value(self, model_result: Any) -> float | None:
+        """The value `compare` matches, from what this metric measured on one configuration."""
+        return None
+
+    def baseline(self, fp: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        """Fields for summary.json's ``baseline`` after the FP pass (``fp.model_metrics``: each
+        metric's FP result; ``fp.hooks``: hook point -> state with ``sae`` and ``fp_stats``)."""
+        return None
+
+    def setup(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def fp_accumulator(self, d_sae: int, options: dict[str, Any]) -> FPAccumulator | None:
+        return None
+
+    def feature_accumulator(self, d_sae: int, options: dict[str, Any], fp_result: Any = None) -> FeatureAccumulator | None:
         return None
 
     def model_accumulator(self, options: dict[str, Any]) -> ModelAccumulator | None:
@@ -328,9 +418,34 @@ class Metric(ABC):
     def evaluate(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
-    def compare(self, r_a: "np.ndarray", r_b: "np.ndarray", options: dict[str, Any]) -> dict[str, Any] | None:
-        """Statistics between two configurations over the active features (r aligned by feature)."""
+    def entry(self, entry: dict[str, Any], outcome: Any, baseline: dict[str, Any],
+              options: dict[str, Any]) -> dict[str, Any] | None:
+        """Fields for one summary entry. ``outcome.model_metrics[name]`` and
+        ``outcome.features[hook][name]`` hold what this metric measured."""
+        return None
+
+    def compare(self, a: dict[str, FeatureResult], b: dict[str, FeatureResult],
+                options: dict[str, Any]) -> dict[str, Any] | None:
+        """Statistics between two configurations at one hook point (each: metric name -> result)."""
         return None
 
     def analyze(self, run: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         return None
+
+    def columns(self) -> list[Column]:
+        return []
+
+    def row_flags(self, entry: dict[str, Any]) -> list[str]:
+        """Short warnings for one summary entry (the row is highlighted, e.g. a damage flag)."""
+        return []
+
+    def row_notes(self, entry: dict[str, Any]) -> list[str]:
+        """Lines printed under an entry's row in the CLI table (e.g. a confidence interval)."""
+        return []
+
+    def text(self, summary: dict[str, Any]) -> list[str]:
+        """Lines printed after the results table (e.g. a comparison or a predictor table)."""
+        return []
+
+    def report_sections(self, run: Any) -> list[ReportSection]:
+        return []

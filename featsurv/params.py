@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,8 @@ class Param:
     exclusive_maximum: bool = False
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+    #: A CLI flag of audit/compare for this option (metric options only), e.g. ``bootstrap``.
+    flag: str | None = None
 
     def allowed(self) -> str:
         """Human description of the allowed values."""
@@ -63,7 +66,7 @@ class Param:
                 allowed=self.allowed(),
                 hint=f"Run `featsurv plugins` to see each compressor's parameters",
             ) from None
-        bad = False
+        bad = isinstance(value, float) and not math.isfinite(value)
         if self.choices and value not in self.choices:
             bad = True
         if self.minimum is not None and value < self.minimum:
@@ -75,13 +78,14 @@ class Param:
             raise FeatsurvError(
                 f"Bad value {raw!r} for parameter {self.name!r}{where}" + (f": {extra}" if extra else ""),
                 allowed=self.allowed(),
-                hint="Fix the -p option and run the command again",
+                hint=("Fix the metric option (--metric-option or its flag) and run the command again"
+                      if owner.startswith("metric") else "Fix the -p option and run the command again"),
             )
         return value
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, list[str]]:
-    """Parse ``["bits=8,7", "granularity=channel"]`` into ``{"bits": ["8", "7"], ...}``."""
+    """Parse ``["b=8,7", "granularity=channel"]`` into ``{"b": ["8", "7"], ...}``."""
     out: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -10,21 +10,26 @@ from featsurv.compare import bisect_knob
 from featsurv.plugins import get_registry
 
 
+def run(args):
+    return CliRunner().invoke(cli, args)
+
+
 class FakeSession:
     """Perplexity as a known function of the knob; records the values tried."""
 
     def __init__(self, fn):
         self.registry = get_registry()
+        self.metrics = SimpleNamespace(match_label=lambda: "perplexity")
         self.fn = fn
         self.tried = []
 
-    def run(self, name, params, features=True):
-        value = params["sparsity"] if "sparsity" in params else params["bits"]
-        self.tried.append(value)
-        return SimpleNamespace(perplexity=self.fn(value))
-
     def progress(self, msg):
         pass
+
+    def run(self, name, params, features=True, tokens=None):
+        value = params["sparsity"] if "sparsity" in params else params["bits"]
+        self.tried.append(value)
+        return SimpleNamespace(target=self.fn(value))
 
 
 def test_bisection_reproduces_the_reference_protocol_steps():
@@ -58,8 +63,41 @@ def test_compare_end_to_end(tiny_models, tiny_sae, tiny_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     (comp,) = summary["comparisons"]
-    assert comp["a"] == "rtn int3" and comp["b"].startswith("magnitude s=")
+    assert comp["a"] == "rtn int3" and comp["b"].startswith("pruning s=")
     assert 1 <= len(comp["path"]) <= 4
     assert comp["matched_params"]["sparsity"] == min(comp["path"], key=lambda p: abs(p["relative_gap"]))["params"]["sparsity"]
     assert [r["label"] for r in summary["results"]] == [comp["a"], comp["b"]]
-    assert "rtn int3 vs magnitude" in result.output
+    assert "rtn int3 vs pruning s=" in result.output
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--range", "0.9,1.5"], "'sparsity'"),
+    (["--knob", "scope"], "non-numeric knob"),
+])
+def test_compare_rejects_a_bad_search_before_any_work(base, tmp_path, extra, needle):
+    res = run(["compare", "rtn", "magnitude", *base, *extra, "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output
+
+
+
+def test_bisection_never_picks_a_broken_step():
+    from types import SimpleNamespace
+
+    from featsurv.compare import bisect_knob
+    from featsurv.plugins import get_registry
+
+    class Session:
+        registry = get_registry()
+        metrics = SimpleNamespace(match_label=lambda: "perplexity")
+
+        def run(self, name, params, features=True, tokens=None):
+            s = params["sparsity"]
+            return SimpleNamespace(target=float("nan") if s > 0.3 else 10 * (1 + s))
+
+        def progress(self, msg):
+            pass
+
+    best, path = bisect_knob(Session(), "magnitude", {"scope": "matrix"}, "sparsity", 0.0, 0.8, 10 * 1.45, 3, 0.0)
+    assert path[0]["params"]["sparsity"] == 0.4 and path[0]["relative_gap"] == float("inf")
+    assert best["sparsity"] <= 0.3
+

@@ -9,15 +9,15 @@ and packaged so that installing it never pulls another torch. Skipped when it is
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from importlib import metadata
-import os
 from pathlib import Path
 
 import pytest
 
 from featsurv.params import expand_grid
-from featsurv.plugins import build_registry, get_registry, reset_registry
+from featsurv.plugins import build_registry, get_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "plugins" / "featsurv-torchao"
@@ -42,12 +42,8 @@ needs_plugin = pytest.mark.skipif(_why_not_installed() is not None and not os.en
 
 
 @pytest.fixture(autouse=True)
-def clean(monkeypatch):
-    for var in ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    reset_registry()
+def clean(clean_plugin_controls):
     yield
-    reset_registry()
 
 
 def test_packaging_never_pulls_another_torch():

@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import tomllib
 import warnings
 from pathlib import Path
@@ -29,12 +28,18 @@ import pytest
 import torch
 
 from featsurv import hookspecs
-from featsurv.plugins import PluginWarning, Registry, build_registry, get_registry, reset_registry
+from featsurv.plugins import (
+    PluginWarning,
+    Registry,
+    build_registry,
+    get_registry,
+    reset_registry,
+)
+from featsurv.testing import run_featsurv
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "plugins"
 HOOKS_MD = DOCS / "hooks.md"
-CONTROL_VARS = ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS")
 
 HOOKSPECS: dict[str, Callable[..., Any]] = {
     name: fn for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, "featsurv_spec")}
@@ -113,19 +118,12 @@ def hook_example(hook: str) -> tuple[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def clean_controls(monkeypatch):
-    for var in CONTROL_VARS:
-        monkeypatch.delenv(var, raising=False)
-    reset_registry()
+def clean_controls(clean_plugin_controls):
     yield
-    reset_registry()
 
 
 def _featsurv(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in CONTROL_VARS}
-    env.update(env_extra or {})
-    code = "import sys; from featsurv.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    return run_featsurv(*args, env_extra=env_extra, timeout=300)
 
 
 # --------------------------------------------------------------------------- hooks.md <-> hookspecs
@@ -224,7 +222,7 @@ def _exercise_sae_sources(registry: Registry, folder: Path, request) -> None:
 
 
 def _exercise_metrics(registry: Registry, folder: Path, request) -> None:
-    from featsurv.audit import AuditOptions, AuditSession
+    from featsurv.audit import AuditSession, make_options
     from featsurv.progress import Progress
     from featsurv.runs import run_audit
 
@@ -240,14 +238,38 @@ def _exercise_metrics(registry: Registry, folder: Path, request) -> None:
     # and through a real audit, asked for with --metric
     tiny_models, tiny_sae, tiny_corpus = (request.getfixturevalue(n) for n in ("tiny_models", "tiny_sae", "tiny_corpus"))
     model = tiny_models["llama"]
-    options = AuditOptions(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=256,
+    options = make_options(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=256,
                            bootstrap=0, metrics=["lost_firing"])
     session = AuditSession(options, registry, Progress(quiet=True))
     run = run_audit(options, [("rtn", {"bits": 3, "symmetric": True, "granularity": "channel"})],
                     out_dir=folder / "run", session=session)
     entry = json.loads((folder / "run" / "summary.json").read_text())["results"][0]
-    assert 0.0 <= entry["metrics"]["lost_firing"]["mean_lost_share"] <= 1.0
+    assert 0.0 <= entry["mean_lost_share"] <= 1.0 and isinstance(entry["n_switched_off"], int)
     assert "lost_firing.lost_share" in run.features.columns
+    # the whole way through the CLI, with no host change: option, summary field, table column, report section
+    from click.testing import CliRunner
+
+    from featsurv.cli import cli
+
+    out = folder / "cli-run"
+    res = CliRunner().invoke(cli, ["--plugins-dir", str(folder), "audit", "rtn", "-p", "bits=3", "--model", str(model),
+                                   "--sae", str(tiny_sae(model)), "--dataset", str(tiny_corpus), "--tokens", "256",
+                                   "--bootstrap", "0", "--metric", "lost_firing", "--metric-option",
+                                   "lost_firing.min_share=0.2", "-q", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.output.splitlines() if line.startswith("configuration"))
+    assert header.split()[-1] == "lost"
+    row = next(line for line in res.output.splitlines() if line.startswith("rtn int3"))
+    cli_entry = json.loads((out / "summary.json").read_text())["results"][0]
+    assert row.split()[-1] == f"{100 * cli_entry['mean_lost_share']:.1f}%"
+    assert json.loads((out / "run.json").read_text())["metric_options"]["lost_firing"] == {"min_share": 0.2}
+    share = run.features["lost_firing.lost_share"].to_numpy()
+    assert cli_entry["n_switched_off"] == int((share > 0.2).sum())  # same tokens, same seed: same shares
+    html = (out / "report.html").read_text()
+    assert "<h2>Switched-off features</h2>" in html and f"{cli_entry['n_switched_off']} switched off" in html
+    bad = CliRunner().invoke(cli, ["--plugins-dir", str(folder), "audit", "rtn", "--metric", "lost_firing",
+                                   "--metric-option", "lost_firing.min_share=2", "--out", str(folder / "bad")])
+    assert bad.exit_code == 2 and "'min_share'" in bad.output and not (folder / "bad").exists()
 
 
 def _exercise_datasets(registry: Registry, folder: Path, request) -> None:
@@ -391,6 +413,7 @@ def test_tutorial_compare_toy_rtn(toy_site, tiny_models, tiny_sae, tiny_corpus, 
     assert comparison["a"] == "toy mantissa_bits=2" and comparison["b"].startswith("rtn int")
 
 
+@pytest.mark.slow
 def test_tutorial_plugin_is_listed_by_the_cli(toy_site):
     out = _featsurv("plugins", "--json", env_extra={"PYTHONPATH": os.pathsep.join(
         [str(toy_site), *filter(None, [os.environ.get("PYTHONPATH")])])})
@@ -441,6 +464,7 @@ def _torchao_plugin_importable() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_torchao_plugin_importable() is not None and not os.environ.get("CI"),  # CI installs it
                     reason=str(_torchao_plugin_importable()))
 def test_cli_lists_the_example_distribution():

@@ -18,9 +18,9 @@ import pytest
 
 from featsurv import FeatsurvError
 from featsurv.plugins import PluginWarning, build_registry, get_registry, reset_registry
+from featsurv.testing import run_featsurv
 
-BUILTIN_COMPRESSORS = {"rtn", "magnitude"}
-CONTROL_VARS = ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS")
+BUILTIN_COMPRESSORS = {"rtn", "pruning"}
 
 COMPRESSOR_PLUGIN = '''
 from featsurv import Compressor, hookimpl
@@ -60,13 +60,8 @@ def register_compressors(register):
 
 
 @pytest.fixture(autouse=True)
-def clean_controls(monkeypatch: pytest.MonkeyPatch):
-    """No control variable leaks in from the environment; no registry leaks out of a test."""
-    for var in CONTROL_VARS:
-        monkeypatch.delenv(var, raising=False)
-    reset_registry()
+def clean_controls(clean_plugin_controls):
     yield
-    reset_registry()
 
 
 @pytest.fixture
@@ -157,12 +152,13 @@ def test_disable_plugins_by_plugin_or_distribution_name(make_dist, monkeypatch, 
 
 
 def test_disable_plugins_covers_built_ins(monkeypatch):
-    monkeypatch.setenv("FEATSURV_DISABLE_PLUGINS", "magnitude,gemma2")
+    monkeypatch.setenv("FEATSURV_DISABLE_PLUGINS", "pruning,gemma2")
     registry = build_registry()
-    assert "magnitude" not in registry.plugins and "magnitude" not in registry.names("compressors")
+    assert "pruning" not in registry.plugins and "pruning" not in registry.names("compressors")
     assert "gemma2" not in registry.names("model_adapters") and "rtn" in registry.names("compressors")
-    with pytest.raises(FeatsurvError, match="Unknown compressor 'magnitude'"):
-        registry.get("compressors", "magnitude")
+    for name in ("pruning", "magnitude"):  # the alias goes with its plugin
+        with pytest.raises(FeatsurvError, match=f"Unknown compressor '{name}'"):
+            registry.get("compressors", name)
 
 
 def test_disable_the_featsurv_distribution_drops_every_built_in(make_dist, monkeypatch):
@@ -291,16 +287,14 @@ def test_duplicate_is_resolved_by_disabling_one(make_dist, monkeypatch):
 
 # --------------------------------------------------------------------------- through the real CLI
 def _featsurv(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in CONTROL_VARS}
-    env.update(env_extra or {})
-    code = "import sys; from featsurv.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    return run_featsurv(*args, env_extra=env_extra, timeout=120)
 
 
 def _pythonpath(site: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
+@pytest.mark.slow
 def test_cli_plugins_json_lists_a_fake_distribution(make_dist, site):
     make_dist("fakeplug", "1.0")
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
@@ -311,6 +305,7 @@ def test_cli_plugins_json_lists_a_fake_distribution(make_dist, site):
     assert listed["rtn"]["distribution"] == "featsurv"
 
 
+@pytest.mark.slow
 def test_cli_controls_through_the_environment(make_dist, site):
     make_dist("fakeplug")
     env = _pythonpath(site)
@@ -322,6 +317,7 @@ def test_cli_controls_through_the_environment(make_dist, site):
     assert "fakeplug" in names and "rtn" not in names
 
 
+@pytest.mark.slow
 def test_cli_broken_plugin_warns_on_stderr_and_keeps_stdout_clean(make_dist, site):
     make_dist("brokenplug", modules={"brokenplug_mod": BROKEN_ON_IMPORT})
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
@@ -332,6 +328,7 @@ def test_cli_broken_plugin_warns_on_stderr_and_keeps_stdout_clean(make_dist, sit
     assert strict.returncode != 0 and "RuntimeError: boom at import" in strict.stderr
 
 
+@pytest.mark.slow
 def test_cli_duplicate_is_one_paragraph_exit_2(make_dist, site):
     make_dist("dupeplug", modules={"dupeplug_mod": COMPRESSOR_PLUGIN.format(compressor="rtn")})
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
@@ -339,6 +336,7 @@ def test_cli_duplicate_is_one_paragraph_exit_2(make_dist, site):
     assert "Two plugins register a compressor named 'rtn'" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["separate", "equals"])
 def test_cli_plugins_dir_option(plugins_dir, form):
     args = ["--plugins-dir", str(plugins_dir)] if form == "separate" else [f"--plugins-dir={plugins_dir}"]
@@ -348,11 +346,13 @@ def test_cli_plugins_dir_option(plugins_dir, form):
     assert listed["localplug"]["provides"] == {"compressors": ["localcomp"]}
 
 
+@pytest.mark.slow
 def test_cli_plugins_dir_environment(plugins_dir):
     out = _featsurv("plugins", "--json", env_extra={"FEATSURV_PLUGINS_DIR": str(plugins_dir)})
     assert "localplug" in {p["name"] for p in json.loads(out.stdout)}
 
 
+@pytest.mark.slow
 def test_cli_plugins_dir_missing(tmp_path):
     out = _featsurv("--plugins-dir", str(tmp_path / "nope"), "plugins")
     assert out.returncode == 2 and "does not exist or is not a folder" in out.stderr
