@@ -23,8 +23,10 @@ def pick_adapter(registry: Registry, config: Any, adapter: str | None) -> Any:
 
 
 def load_model(registry: Registry, source: str, *, adapter: str | None = None, dtype: str = "float32",
-               device: str = "cpu", trust_remote_code: bool = False, require_safetensors: bool = False) -> LoadedModel:
-    """Load a model through the adapter that matches its config (or the one named).
+               device: str = "cpu", trust_remote_code: bool = False, require_safetensors: bool = False,
+               adapter_options: dict[str, Any] | None = None) -> LoadedModel:
+    """Load a model through the adapter that matches its config (or the one named), configured
+    with ``adapter_options`` (validated against the adapter's declared options).
 
     ``require_safetensors`` refuses pickle weights (passed to adapters only when set).
     """
@@ -37,7 +39,7 @@ def load_model(registry: Registry, source: str, *, adapter: str | None = None, d
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise model_load_error(source, exc) from None
-    chosen = pick_adapter(registry, config, adapter)
+    chosen = pick_adapter(registry, config, adapter).configure(dict(adapter_options or {}))
     extra: dict[str, Any] = {}
     if require_safetensors:
         import inspect

@@ -33,6 +33,8 @@ def plugins_cmd(as_json: bool) -> None:
                 click.echo(f"    {kind[:-1].replace('_', ' ')} {name}{also}: {getattr(item, 'description', '')}{clash}")
                 for p in describe(getattr(item, "params", ())):
                     click.echo(f"        -p {p['name']}=...  {p['allowed']} (default {p['default']}) {p['help']}")
+                for p in describe(getattr(item, "options", ()) if kind == "model_adapters" else ()):
+                    click.echo(f"        --adapter-option {p['name']}=...  {p['allowed']} (default {p['default']}) {p['help']}")
     conflicts = registry.conflict_messages()
     if conflicts:
         click.echo("\nConflicts (a name in conflict cannot be used until one plugin is disabled with "
