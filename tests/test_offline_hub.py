@@ -42,8 +42,8 @@ a, b, c = by_alias.state_dict(), hub.model.state_dict(), local.model.state_dict(
 print(json.dumps({
     "rows": len(ds), "first": ds[1]["text"], "d_sae": sae.cfg.d_sae, "hook": sae.cfg.metadata.hook_name,
     "keys_equal": sorted(a) == sorted(b) == sorted(c),
-    "hub_vs_alias": max(float((a[k].double() - b[k].double()).abs().max()) for k in a),
-    "local_vs_hub": max(float((b[k].double() - c[k].double()).abs().max()) for k in b),
+    "hub_vs_alias": max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()),
+    "local_vs_hub": max(float((b[k].double() - c[k].double()).abs().max()) for k in b if b[k].numel()),
     "normalization": hub.model.cfg.normalization_type, "n_layers": hub.model.cfg.n_layers,
     "d_vocab": hub.model.cfg.d_vocab,
 }))

@@ -302,10 +302,10 @@ def test_preset_adapter_options_merge_with_the_command_line():
     def options(**given):
         base = {k: None for k in ("model", "adapter", "dataset", "n_tokens", "context", "prepend_bos")}
         return build_options({**base, "preset": "pythia-70m", "saes": (), "hooks": (), "metrics": (),
-                              "adapter_options": (), **given})[0]
+                              "adapter_option_items": (), **given})[0]
 
     assert options().adapter == "transformer_lens"
     assert options().adapter_options["fold_ln"] is True
-    merged = options(adapter_options=("fold_ln=false",)).adapter_options
+    merged = options(adapter_option_items=("fold_ln=false",)).adapter_options
     assert merged["fold_ln"] == "false" and merged["center_unembed"] is True
     assert options(adapter="gpt_neox").adapter_options == {}
