@@ -12,7 +12,7 @@ next. Order of work (one FP pass first):
    measured survival still meets the target. ``--budget``: from the least compressed uniform
    value within the budget, first lower groups whose lowering costs no survival, then raise the
    most damaging groups while the average stays within the budget, keeping a step only when the
-   measured survival improves.
+   measured survival improves (at the same survived fraction: when the mean r does).
 The plan is the last kept step; it is compared with the uniform value nearest its average.
 See docs/attribution.md.
 """
@@ -27,7 +27,8 @@ from .audit import AuditOptions, AuditSession
 from .configuration import Group, Outcome
 from .errors import FeatsurvError
 
-SURVIVED = "survived"  # the summary field the targets are read from (as `featsurv gate` does)
+SURVIVED = "survived"  # the summary fields the targets are read from (as `featsurv gate` does)
+MEAN_R = "mean_r"  # breaks ties between settings with the same survived fraction (budget search)
 PPL_CHANGE = "perplexity_change"
 
 
@@ -51,6 +52,7 @@ class Step:
     average: float | None
     survived: dict[str, float | None]
     perplexity_change: float | None
+    mean_r: dict[str, float | None] = field(default_factory=dict)
     feasible: bool | None = None
     accepted: bool | None = None
     label: str = ""
@@ -60,9 +62,14 @@ class Step:
         vals = list(self.survived.values())
         return -math.inf if not vals or any(v is None for v in vals) else min(vals)
 
+    def score(self) -> tuple[float, float]:
+        """(worst survived fraction, mean r averaged over hook points): larger is better."""
+        r = list(self.mean_r.values())
+        return self.worst(), (-math.inf if not r or any(v is None for v in r) else sum(r) / len(r))
+
     def as_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "action": self.action, "label": self.label, "levels": self.levels,
-                "average": self.average, SURVIVED: self.survived, PPL_CHANGE: self.perplexity_change,
+                "average": self.average, SURVIVED: self.survived, MEAN_R: self.mean_r, PPL_CHANGE: self.perplexity_change,
                 "feasible": self.feasible, "accepted": self.accepted}
 
 
@@ -103,8 +110,9 @@ class Planner:
                                 "metrics that run reports it", hint="Enable the metric plugin that reports "
                                 "'survived' (see `featsurv plugins`)")
         step = Step(kind, action, levels, average, {e["hook"]: _num(e.get(SURVIVED)) for e in entries},
-                    _num(entries[0].get(PPL_CHANGE)), label=outcome.label, outcome=outcome)
-        step.feasible = self.feasible(step)
+                    _num(entries[0].get(PPL_CHANGE)), {e["hook"]: _num(e.get(MEAN_R)) for e in entries},
+                    label=outcome.label, outcome=outcome)
+        step.feasible = None if kind == "attribution" else self.feasible(step)  # one group alone: no plan
         self.path.append(step)
         return step
 
@@ -200,8 +208,9 @@ def search_min_survival(planner: Planner, uniform: list[Step]) -> tuple[Step | N
 
 
 def search_budget(planner: Planner, uniform: list[Step]) -> tuple[Step | None, str, dict[str, Step]]:
-    """From the least compressed uniform value within the budget: lower groups that cost no survival,
-    then raise the most damaging groups while the average stays within the budget."""
+    """From the least compressed uniform value within the budget: lower groups that cost no survived
+    fraction, then raise the most damaging groups while the average stays within the budget, keeping a
+    raise that improves the survived fraction (or, at the same fraction, the mean r)."""
     fits = [i for i, v in enumerate(planner.values) if planner.cost(v) <= planner.cost(planner.goal.budget) + 1e-9]
     start = min(fits)
     if start == 0 or not uniform[start].feasible:
@@ -211,7 +220,7 @@ def search_budget(planner: Planner, uniform: list[Step]) -> tuple[Step | None, s
     levels, current = improve(planner, levels, uniform[start], planner.ordered(attribution, False), +1,
                               lambda step, cur: bool(step.feasible) and step.worst() >= cur.worst())
     _, current = improve(planner, levels, current, planner.ordered(attribution, True), -1,
-                         lambda step, cur: bool(step.feasible) and step.worst() > cur.worst())
+                         lambda step, cur: bool(step.feasible) and step.score() > cur.score())
     return current, "mixed" if current is not uniform[start] else "uniform_optimal", attribution
 
 
@@ -277,9 +286,15 @@ def verdict(planner: Planner, status: str, plan: Step | None, uniform: list[Step
             return (f"Uniform {k}={u.average:g} is optimal here: it meets survival >= {_pct(g.min_survival)} "
                     f"({_pct(u.worst())} at the worst hook point) and no group could take a more compressed value "
                     "with the target still met")
-        return (f"The plan meets survival >= {_pct(g.min_survival)} ({_pct(plan.worst())} at the worst hook point) at "
+        text = (f"The plan meets survival >= {_pct(g.min_survival)} ({_pct(plan.worst())} at the worst hook point) at "
                 f"an average {k} of {plan.average:.3f}, against {u.average:g} for the most compressed uniform setting "
                 f"that meets it ({_pct(u.worst())})")
+        worse = plan.perplexity_change is not None and u.perplexity_change is not None
+        if worse and plan.perplexity_change > u.perplexity_change and g.max_ppl_change is None:
+            text += (f"; its perplexity change is {plan.perplexity_change:+.2%} against {u.perplexity_change:+.2%} "
+                     "(survival at the audited hook points does not bound perplexity, e.g. of layers after the last hook "
+                     "point: bound it with --max-ppl-change)")
+        return text
     near = nearest_uniform(planner, uniform, plan.average)
     if status == "uniform_optimal":
         return f"Uniform {k}={plan.average:g} fits the budget and nothing better was found"
@@ -295,10 +310,8 @@ def plan_summary(planner: Planner, status: str, plan: Step | None, uniform: list
     near = nearest_uniform(planner, uniform, plan.average) if plan is not None else None
     final = None
     if plan is not None:
-        final = {"plan": {"label": plan.label, "average": plan.average, SURVIVED: plan.survived,
-                          PPL_CHANGE: plan.perplexity_change},
-                 "uniform": {"label": near.label, "average": near.average, SURVIVED: near.survived,
-                             PPL_CHANGE: near.perplexity_change}}
+        final = {name: {"label": s.label, "average": s.average, SURVIVED: s.survived, MEAN_R: s.mean_r,
+                        PPL_CHANGE: s.perplexity_change} for name, s in (("plan", plan), ("uniform", near))}
     best = [s for s in uniform if s.feasible and planner.goal.min_survival is not None]
     return {"compressor": planner.comp.name, "params": planner.base, "knob": planner.knob, "values": planner.values,
             "by": by, "goal": asdict(planner.goal), "status": status,

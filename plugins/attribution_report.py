@@ -80,12 +80,18 @@ def heatmap(rows: list[dict[str, Any]], key: str, title: str) -> Any:
 
 
 def report_sections(run: Any) -> list[ReportSection]:
+    plan = plan_section(run)
+    attribution = attribution_section(run)
+    return [s for s in (plan, attribution) if s is not None]
+
+
+def attribution_section(run: Any) -> ReportSection | None:
     from featsurv.report import figures as F
     from featsurv.report import html as H
 
     rows = _rows(run.summary)
     if not rows:
-        return []
+        return None
     record = run.summary["attribution"]
     files = {"fig_attribution.png": F.png_bytes(heatmap(rows, "lost", "survived fraction lost, group compressed alone"))}
     parts = [f"<p>Groups by {H.esc(record.get('by'))}; {H.esc(record.get('compressor'))} "
@@ -103,4 +109,35 @@ def report_sections(run: Any) -> list[ReportSection]:
               H.pct(r.get("marginal_lost")), H.pct(r.get("interaction"), True)] for r in rows]
     parts.append(H.table(["group", "hook point", "params", "survived", "lost", "mean r", "damaged", "Δppl",
                           "marginal lost", "interaction"], table, left=(0, 1)))
-    return [ReportSection("Where the damage comes from (attribution)", "\n".join(parts), files, order=20)]
+    return ReportSection("Where the damage comes from (attribution)", "\n".join(parts), files, order=20)
+
+
+def plan_section(run: Any) -> ReportSection | None:
+    """`featsurv plan`'s outcome: the verdict, the chosen setting, the final comparison and the search path."""
+    from featsurv.report import html as H
+
+    plan = (run.summary or {}).get("plan")
+    if not isinstance(plan, dict) or "path" not in plan:
+        return None
+    knob = plan.get("knob")
+    parts = [f"<p>{H.esc(plan.get('message'))}.</p>"]
+    setting = plan.get("setting") or {}
+    if setting:
+        parts.append(H.table(["group", str(knob)], [[g, v] for g, v in setting.items()], left=(0,)))
+    final = plan.get("final") or {}
+    if final:
+        hooks = list((final.get("plan") or {}).get("survived") or {})
+        rows = [[name, s.get("label"), H.num(s.get("average"), ".3f"), *[H.pct((s.get("survived") or {}).get(h)) for h in hooks],
+                 H.pct(s.get("perplexity_change"), True)] for name, s in final.items()]
+        parts += ["<h3>Final audit: the plan against the uniform setting nearest its average</h3>",
+                  H.table(["", "configuration", f"average {knob}", *[f"survived @ {h}" for h in hooks], "Δppl"], rows,
+                          left=(0, 1))]
+    path = [s for s in plan.get("path") or [] if isinstance(s, dict)]
+    rows = [[i, s.get("kind"), s.get("action"), H.num(s.get("average"), ".3f"),
+             H.pct(min((v for v in (s.get("survived") or {}).values() if v is not None), default=None)),
+             {True: "yes", False: "no"}.get(s.get("feasible"), ""), {True: "kept", False: "undone"}.get(s.get("accepted"), "")]
+            for i, s in enumerate(path, 1)]
+    parts.append(f"<details><summary>Search path ({len(rows)} audit passes after the FP pass)</summary>"
+                 + H.table(["step", "kind", "action", f"average {knob}", "worst survived", "meets target", "move"],
+                           rows, left=(1, 2)) + "</details>")
+    return ReportSection("Mixed-precision plan", "\n".join(parts), order=15)

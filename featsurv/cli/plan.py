@@ -36,6 +36,7 @@ def plan_cmd(compressor: str, params: tuple[str, ...], knob: str | None, values:
     Measures every uniform value, attributes the damage at the next value down to each group,
     then moves one group at a time and keeps a move only when its measured audit meets the
     target. Writes plan.toml, which `featsurv audit COMPRESSOR --plan plan.toml` applies.
+    Exit 1: no setting reaches the target (no plan written). See docs/attribution.md.
     Example: featsurv plan rtn --values 3,4,6,8 --min-survival 0.9
     """
     from ..audit import AuditSession
