@@ -65,7 +65,8 @@ def split_targets(targets: list[Any], params: dict[str, Any],
 
 
 @contextlib.contextmanager
-def compressed(bench: Workbench, compressor: Compressor, params: dict[str, Any], groups: list[Group] | None = None):
+def compressed(bench: Workbench, compressor: Compressor, params: dict[str, Any], groups: list[Group] | None = None,
+               label: str | None = None):
     """The model compressed with ``params`` inside the block, full precision again after it.
 
     With ``groups``, ``compress`` is called once per group on that group's matrices with that
@@ -80,7 +81,7 @@ def compressed(bench: Workbench, compressor: Compressor, params: dict[str, Any],
     targets = [t for ts, _ in parts for t in ts]
     snapshot = [t.weight.detach().clone() for t in targets]
     in_groups = f" in {len(parts)} groups" if groups is not None else ""
-    bench.progress(f"{compressor.label(params)}: compressing {len(targets)} weight matrices{in_groups}")
+    bench.progress(f"{label or compressor.label(params)}: compressing {len(targets)} weight matrices{in_groups}")
     try:
         torch.manual_seed(bench.options.seed)
         with torch.no_grad():
@@ -126,7 +127,7 @@ def run_configuration(bench: Workbench, metrics: MetricSet, compressor: Compress
     t0 = time.perf_counter()
     tokens = tokens if tokens is not None else bench.tokens
     label = label or compressor.label(params)
-    with compressed(bench, compressor, params, groups):
+    with compressed(bench, compressor, params, groups, label):
         model_accs = metrics.collect("model_accumulator")
         feed = FeatureFeed(bench, metrics) if features else None
         run_pass(bench, tokens, list(bench.hooks) if features else [], model_accs,

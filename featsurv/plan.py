@@ -149,7 +149,8 @@ class Planner:
         gs = [Group(g.name, frozenset(g.targets), {self.knob: self.values[levels[g.name]]}) for g in self.groups]
         avg = self.average(levels)
         label = f"{self.comp.name} plan avg {self.knob}={avg:.2f}"
-        out = self.session.run(self.comp.name, {**self.base}, groups=gs, label=label)
+        shared = {k: v for k, v in self.base.items() if k != self.knob}  # every group sets the knob
+        out = self.session.run(self.comp.name, shared, groups=gs, label=label)
         step = self.record("trial", action, out, self.setting(levels), avg)
         self.cache[key] = step
         return step
@@ -366,7 +367,9 @@ def run_plan(options: AuditOptions, compressor: str, base: dict[str, Any], goal:
     session = session or AuditSession(options)
     comp = session.compressor(compressor)
     knob, vals = knob_values(comp, knob, values)
-    if knob in base and base[knob] != {p.name: p.default for p in comp.params}[knob]:
+    defaults = {p.name: p.default for p in comp.params}
+    given, base = dict(base), {**defaults, **base}
+    if knob in given and given[knob] != defaults[knob]:
         raise FeatsurvError(f"-p {knob}=... is set by the plan", hint=f"Drop -p {knob}; pass --values instead")
     check_goal(goal, lambda v: -v if comp.knob_increases_compression else v, vals, knob)
     if out_dir not in (None, False):

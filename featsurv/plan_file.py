@@ -124,6 +124,8 @@ def read_plan(path: str | Path, registry: Any, compressor: str) -> Plan:
         raw = raw if isinstance(raw, dict) else {knob: raw}
         groups[str(name)] = _parse_params(comp, raw, f"group {name!r} of {str(path)!r}")
     base = {p.name: p.default for p in comp.params}
+    if all(knob in g for g in groups.values()):
+        base.pop(knob, None)  # every group sets it: no shared default to report
     base.update(_parse_params(comp, data.get("params") or {}, f"[params] of {str(path)!r}"))
     return Plan(comp.name, parse_by(str(data.get("by", "layer,type"))), base, groups, knob,
                 data.get("average"), str(path))

@@ -110,6 +110,22 @@ def test_budget_plan_gives_the_fragile_group_the_bits(fragile_args, tmp_path):
     assert all(s["average"] <= 5 + 1e-9 for s in plan["path"] if s["kind"] == "trial")
 
 
+def test_a_knob_where_more_is_more_compression(fragile_args, tmp_path):
+    """Pruning's sparsity: the plan's average is the highest sparsity that meets the target."""
+    res = CliRunner().invoke(cli, ["plan", "magnitude", "--values", "0.1,0.3,0.6", "--min-survival", "0.7",
+                                   "--by", "layer", *fragile_args, "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    plan = _summary(tmp_path / "s")["plan"]
+    assert plan["compressor"] == "pruning" and plan["knob"] == "sparsity" and plan["values"] == [0.1, 0.3, 0.6]
+    assert plan["status"] in ("mixed", "uniform_optimal")
+    assert plan["average"] >= plan["uniform_best"]
+    assert min(plan["final"]["plan"]["survived"].values()) >= 0.7
+    uniform = {s["average"]: s for s in plan["path"] if s["kind"] == "uniform"}
+    assert plan["uniform_best"] == max(v for v, s in uniform.items() if s["feasible"])
+    lowered = [s for s in plan["path"] if s["kind"] == "trial"]
+    assert all(s["average"] > plan["uniform_best"] for s in lowered)  # every move compresses harder
+
+
 def test_an_unreachable_target_writes_no_plan_and_exits_1(fragile_args, tmp_path):
     res = CliRunner().invoke(cli, ["plan", "rtn", "--values", "2,3", "--min-survival", "1.0", *fragile_args,
                                    "--out", str(tmp_path / "u")])
@@ -147,7 +163,7 @@ def test_plan_files_round_trip_and_bad_files_are_refused(tmp_path):
     path.write_text(plan_toml(plan))
     back = read_plan(path, registry, "rtn")
     assert back.groups == plan.groups and back.by == "layer,type" and back.average == 4.5
-    assert back.params == {"bits": 8, **plan.params}
+    assert back.params == plan.params  # every group sets bits: no shared default
     bare = tmp_path / "bare.toml"
     bare.write_text('featsurv_plan = 1\ncompressor = "rtn"\nby = "type"\n[groups]\nattn = 4\nmlp = 6\n')
     assert read_plan(bare, registry, "rtn").groups == {"attn": {"bits": 4}, "mlp": {"bits": 6}}
