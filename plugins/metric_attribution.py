@@ -6,7 +6,7 @@ configurations and adds, per (group, hook point): the survived fraction and its 
 mean damage ``1 - mean r``, the damaged fraction, the perplexity change; with complements, the
 marginal loss (``survived(all but g) - survived(all)``) and the interaction (marginal - alone).
 Per feature (features.parquet, ``attribution.*``): the group whose compression alone gives the
-lowest r, that damage, its share of the feature's summed single-group damage, and whether the
+lowest r (none when no group damages it), that damage, its share of the feature's summed single-group damage, and whether the
 feature is damaged when everything is compressed. Runs without an attribution record are untouched.
 """
 from __future__ import annotations
@@ -94,11 +94,13 @@ def feature_attribution(features: Any, record: dict[str, Any]) -> Any:
         r = rows.pivot(index="feature", columns="config", values="r")[list(alone)]
         damage = (1.0 - r.to_numpy(float)).clip(min=0.0)
         active = rows.groupby("feature")["active"].first().reindex(r.index).to_numpy(bool)
-        worst = np.nanargmax(np.where(np.isnan(damage), -1.0, damage), axis=1)
+        damage = np.where(np.isnan(damage), 0.0, damage)
+        worst = damage.argmax(axis=1)
         top = damage[np.arange(len(r)), worst]
-        share = np.divide(top, np.nansum(damage, axis=1), out=np.zeros_like(top), where=np.nansum(damage, axis=1) > 0)
+        share = np.divide(top, damage.sum(axis=1), out=np.zeros_like(top), where=damage.sum(axis=1) > 0)
+        named = active & (top > 0)  # an undamaged feature has no group to blame
         part = pd.DataFrame({"hook": hook, "feature": r.index.to_numpy(),
-                             "attribution.group": np.where(active, np.array(list(alone.values()), dtype=object)[worst], None),
+                             "attribution.group": np.where(named, np.array(list(alone.values()), dtype=object)[worst], None),
                              "attribution.damage": np.where(active, top, np.nan),
                              "attribution.share": np.where(active, share, np.nan)})
         if everything is not None and "band" in features.columns:
