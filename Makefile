@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml plugins/featsurv-torchao/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	if [ -n "$(TORCH)" ] && ! $(PY) -c "import torch" 2>/dev/null; then $(PIP) install -q "$(TORCH)"; fi
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,ray]'
 	$(PIP) install -q -e ./plugins/featsurv-torchao
 	touch $(STAMP)
 
