@@ -273,3 +273,32 @@ def test_ray_sweep_with_a_killed_worker_matches_local(local_sweep, sweep_file, t
     assert "6 computed" not in stdout
     pd.testing.assert_frame_equal(table(out), table(local_sweep[0]))
     assert (out / "sweep.parquet").read_bytes() == (local_sweep[0] / "sweep.parquet").read_bytes()
+
+
+def _failing_sweep(grid, tmp_path) -> Path:
+    models, saes = grid
+    text = sweep_text(models, saes, configs='[[configurations]]\ncompressor = "rtn"\nparams = { bits = 8 }\n')
+    text = text.replace('device = "cpu"\n', 'device = "cpu"\nhooks = ["blocks.7.hook_resid_post", "blocks.8.hook_resid_post"]\n', 1)
+    spec = tmp_path / "fail.toml"
+    spec.write_text(text)
+    return spec
+
+
+def test_a_job_with_a_user_error_is_reported_and_the_others_finish(grid, tmp_path):
+    res = invoke("sweep", _failing_sweep(grid, tmp_path), "--out", tmp_path / "o", "-q")
+    assert res.exit_code == 2, res.output
+    assert "job neox-" in res.output and "failed:" in res.output and "blocks.7" in res.output, res.output
+    assert "0 finished piece(s) skipped (verified), 1 computed, of 2" in res.output
+    assert not (tmp_path / "o" / "sweep.parquet").exists()
+
+
+@pytest.mark.slow
+def test_ray_job_with_a_user_error_is_reported_not_retried(grid, tmp_path):
+    _need_ray()
+    proc = featsurv_proc("sweep", _failing_sweep(grid, tmp_path), "--out", tmp_path / "o", "--executor", "ray",
+                         "-q", env=env_for(RAY_USAGE_STATS_ENABLED="0"))
+    stdout, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 2, stdout + stderr
+    assert "failed:" in stderr and "blocks.7" in stderr and "Traceback" not in stderr
+    assert "1 computed, of 2" in stdout
+    assert len(list((tmp_path / "o" / "pieces").glob("*/*/manifest.json"))) == 1
