@@ -302,3 +302,19 @@ def test_ray_job_with_a_user_error_is_reported_not_retried(grid, tmp_path):
     assert "failed:" in stderr and "blocks.7" in stderr and "Traceback" not in stderr
     assert "1 computed, of 2" in stdout
     assert len(list((tmp_path / "o" / "pieces").glob("*/*/manifest.json"))) == 1
+
+
+def test_ctrl_c_stops_after_the_current_piece(local_sweep, sweep_file, tmp_path):
+    out, hold = tmp_path / "s", tmp_path / "hold"
+    proc = featsurv_proc("sweep", sweep_file, "--out", out, env=env_for(FEATSURV_SWEEP_HOLD=f"1:{hold}"))
+    wait_for(hold, proc)  # held after its first piece
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(1.0)
+    hold.unlink()  # let it go on: it must stop before the next piece
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout + stderr
+    assert "stopping after the current piece" in stderr and "re-run the same command to resume" in stderr
+    assert len(list((out / "pieces").glob("*/*/manifest.json"))) == 1 and not (out / "sweep.parquet").exists()
+    res = invoke("sweep", sweep_file, "--out", out, "-q")
+    assert res.exit_code == 0 and "1 finished piece(s) skipped (verified), 5 computed" in res.output, res.output
+    pd.testing.assert_frame_equal(table(out), table(local_sweep[0]))
