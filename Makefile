@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(foreach d,$(DIST_DIRS),$(d)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	if [ -n "$(TORCH)" ] && ! $(PY) -c "import torch" 2>/dev/null; then $(PIP) install -q "$(TORCH)"; fi
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,ray]'
 	$(PIP) install -q $(foreach d,$(DIST_DIRS),-e ./$(d))
 	# compressed-tensors lets the built-in `checkpoint` compressor read llm-compressor checkpoints (torch stays)
 	$(PIP) install -q 'compressed-tensors~=0.20.1'

@@ -75,12 +75,17 @@ def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
 
 
 def run_gate(result_dir: Any, min_survival: float = 0.9, max_ppl_change: float | None = None) -> tuple[bool, list[GateLine]]:
-    """Load a result directory (verified against its manifest) and gate it: ``(all_passed, lines)``.
+    """Load a result directory or a sweep directory (verified against its manifests) and gate it:
+    ``(all_passed, lines)``.
 
     A missing, incomplete or damaged directory raises FeatsurvError naming the file.
     """
     from .results import load_run
+    from .sweep.store import is_sweep_dir, sweep_summary
 
-    run = load_run(result_dir, features=False)
-    lines = evaluate_gate(run.summary, min_survival, max_ppl_change)
+    if is_sweep_dir(result_dir):  # a `featsurv sweep` directory: every piece, verified
+        summary = sweep_summary(result_dir)
+    else:
+        summary = load_run(result_dir, features=False).summary
+    lines = evaluate_gate(summary, min_survival, max_ppl_change)
     return all(line.passed for line in lines), lines

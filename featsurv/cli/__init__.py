@@ -15,8 +15,8 @@ HELPER_MODULES = {"common", "table"}
 
 
 def builtin_commands() -> list[str]:
-    """Names of the built-in command modules (derived from this package's files)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in HELPER_MODULES)
+    """Names of the built-in commands (derived from this package's files; ``sweep_report`` -> ``sweep-report``)."""
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if m.name not in HELPER_MODULES)
 
 
 def _use_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -65,7 +65,7 @@ class LazyGroup(click.Group):
         if name not in builtin_commands():
             return None
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
             command = module.command
         except (ImportError, AttributeError) as exc:
             raise click.ClickException(f"command {name!r} is not available: {exc}") from None
