@@ -401,6 +401,31 @@ for _id, _name, _data, _needles in [
     CASES.append(Case(f"dataset-{_id}", _dataset(_name, _data), 2, lambda c, n=_needles: n))
 
 
+# ---- options: every value checked at parse time with its allowed range (before any loading)
+OPTION_CASES = [
+    ("seed-negative", ["audit", "rtn", "--seed", "-1"], ["--seed", "-1", "0 to 4294967295"]),
+    ("seed-25-digits", ["audit", "rtn", "--seed", "1234567890123456789012345"], ["1234567890123456789012345"]),
+    ("bootstrap-huge", ["audit", "rtn", "--bootstrap", "10000000000"], ["10000000000", "bootstrap"]),
+    ("sparsity-nan", ["audit", "pruning", "-p", "sparsity=nan"], ["'nan'", "sparsity"]),
+    ("bits-empty-sweep", ["audit", "rtn", "-p", "bits=,"], ["bits=,", "no configuration"]),
+    ("min-ev-nan", ["audit", "rtn", "--min-explained-variance", "nan"], ["--min-explained-variance", "nan"]),
+    ("device-meta", ["audit", "rtn", "--device", "meta"], ["--device", "'meta'", "cuda:N"]),
+    ("tokens-zero", ["audit", "rtn", "--tokens", "0"], ["--tokens", "0"]),
+    ("compare-steps-zero", ["compare", "rtn", "pruning", "--steps", "0"], ["--steps", "0"]),
+    ("compare-steps-negative", ["compare", "rtn", "pruning", "--steps", "-1"], ["--steps", "-1"]),
+    ("compare-rtol-nan", ["compare", "rtn", "pruning", "--rtol", "nan"], ["--rtol", "nan"]),
+    ("metric-option-unknown", ["audit", "rtn", "--metric-option", "survival.nope=1"], ["'nope'", "min_firing_rate"]),
+]
+
+
+def _option_case(args: list[str]) -> Callable[[Ctx], list[str]]:
+    return lambda c: [*args, "--out", str(c.tmp / "out")]
+
+
+for _id, _args, _needles in OPTION_CASES:
+    CASES.append(Case(f"option-{_id}", _option_case(_args), 2, lambda c, n=_needles: n))
+
+
 # ---- plugins
 RAISING_COMPRESSOR = '''
 from featsurv import Compressor, hookimpl
@@ -478,7 +503,7 @@ def test_catalogue(case, tmp_path, cli_base_args, finished_run, bad_models, feat
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
 
 
 # --------------------------------------------------------------------------- what is not an error
