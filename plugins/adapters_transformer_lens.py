@@ -249,6 +249,8 @@ class TransformerLensAdapter(ModelAdapter):
         return int(model.cfg.n_ctx)
 
     def compressible_weights(self, model: Any, scope: Sequence[str] = ("attn", "mlp")) -> list[WeightTarget]:
+        from torch.nn import Parameter
+
         bad = set(scope) - set(SCOPES)
         if bad:
             raise FeatsurvError(f"Unknown weight scope {sorted(bad)!r}", allowed=SCOPES)
@@ -258,11 +260,11 @@ class TransformerLensAdapter(ModelAdapter):
         for i, block in enumerate(model.blocks):
             if "attn" in scope:
                 for attr, role in ATTN_WEIGHTS:
-                    stored = f"_{attr}" if isinstance(getattr(block.attn, f"_{attr}", None), torch_parameter()) else attr
+                    # grouped-query attention stores K and V unexpanded as _W_K, _W_V
+                    stored = f"_{attr}" if isinstance(getattr(block.attn, f"_{attr}", None), Parameter) else attr
                     targets.append(_target(f"blocks.{i}.attn.{stored}", block.attn, stored, role, i))
             if "mlp" in scope and not model.cfg.attn_only:
-                found = [(attr, role) for attr, role in MLP_WEIGHTS if isinstance(getattr(block.mlp, attr, None),
-                                                                                 torch_parameter())]
+                found = [(a, r) for a, r in MLP_WEIGHTS if isinstance(getattr(block.mlp, a, None), Parameter)]
                 if not found:
                     raise FeatsurvError(f"Block {i}'s MLP ({type(block.mlp).__name__}) has no W_in/W_out to compress",
                                         hint="Pass --scope attn, or use a Hugging Face adapter for this model")
@@ -271,12 +273,6 @@ class TransformerLensAdapter(ModelAdapter):
         if "lm_head" in scope:
             targets.append(_target("unembed.W_U", model.unembed, "W_U", "lm_head", None))
         return targets
-
-
-def torch_parameter() -> type:
-    import torch
-
-    return torch.nn.Parameter
 
 
 @hookimpl
