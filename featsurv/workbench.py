@@ -139,6 +139,7 @@ def load_workbench(options: AuditOptions, registry: Registry, progress: Progress
     progress(f"loading model {options.model}")
     bench.loaded = load_model(registry, options.model, adapter=options.adapter, dtype=options.dtype,
                               device=bench.device, trust_remote_code=options.trust_remote_code,
+                              require_safetensors=options.require_safetensors,
                               adapter_options=options.adapter_options)
     bench.loaded.adapter.compressible_weights(bench.loaded.model, options.scope)  # a scope it cannot take fails now
     pair_saes(bench, saes)

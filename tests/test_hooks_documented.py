@@ -456,7 +456,7 @@ def _torchao_plugin_importable() -> str | None:
     try:
         metadata.distribution("featsurv-torchao")
     except metadata.PackageNotFoundError:
-        return "featsurv-torchao is not installed (make install runs pip install -e ./plugins/featsurv-torchao)"
+        return "featsurv-torchao is not installed (make install runs pip install -e ./distributions/featsurv-torchao)"
     try:
         import featsurv_torchao  # noqa: F401
     except Exception as exc:  # pragma: no cover - depends on the environment

@@ -266,17 +266,35 @@ def test_registering_a_non_compressor_is_a_warning(make_dist):
 # --------------------------------------------------------------------------- duplicate names
 def test_duplicate_item_names_error_naming_both_plugins(make_dist):
     make_dist("dupeplug", modules={"dupeplug_mod": COMPRESSOR_PLUGIN.format(compressor="rtn")})
+    registry = build_registry()  # recorded, not raised: `featsurv plugins` must still work
+    assert "rtn" in registry.plugins["dupeplug"].provides["compressors"]
     with pytest.raises(FeatsurvError, match="Two plugins register a compressor named 'rtn'") as info:
-        build_registry()
+        registry.get("compressors", "rtn")  # raised when the name is used
     assert "'rtn'" in str(info.value) and "'dupeplug'" in str(info.value)
     assert "FEATSURV_DISABLE_PLUGINS" in str(info.value)
+    assert registry.get("compressors", "pruning").name == "pruning"  # other names still work
+    with pytest.raises(FeatsurvError, match="named 'rtn'"):
+        registry.all("compressors")
+    assert registry.conflict_messages() == [info.value.message]
+
+
+def test_duplicate_item_names_raise_at_once_when_strict(make_dist, monkeypatch):
+    make_dist("dupeplug", modules={"dupeplug_mod": COMPRESSOR_PLUGIN.format(compressor="rtn")})
+    monkeypatch.setenv("FEATSURV_STRICT_PLUGINS", "1")
+    with pytest.raises(FeatsurvError, match="Two plugins register a compressor named 'rtn'"):
+        build_registry()
 
 
 def test_duplicate_plugin_names_error_naming_both_distributions(make_dist):
     make_dist("clashplug", entry_points={"rtn": "clashplug_mod"})
+    registry = build_registry()
+    assert {info.distribution for info in registry.plugins.values() if info.name.startswith("rtn")} == {
+        "featsurv", "clashplug"}  # both are listed
     with pytest.raises(FeatsurvError, match="Two plugins are named 'rtn'") as info:
-        build_registry()
+        registry.get("compressors", "clashplugcomp")
     assert "featsurv" in str(info.value) and "clashplug" in str(info.value)
+    with pytest.raises(FeatsurvError, match="Two plugins are named 'rtn'"):
+        registry.get("compressors", "rtn")  # whichever of the two registered it, or neither
 
 
 def test_duplicate_is_resolved_by_disabling_one(make_dist, monkeypatch):
@@ -329,11 +347,20 @@ def test_cli_broken_plugin_warns_on_stderr_and_keeps_stdout_clean(make_dist, sit
 
 
 @pytest.mark.slow
-def test_cli_duplicate_is_one_paragraph_exit_2(make_dist, site):
+def test_cli_duplicate_is_listed_by_plugins_and_one_paragraph_exit_2_when_used(make_dist, site):
     make_dist("dupeplug", modules={"dupeplug_mod": COMPRESSOR_PLUGIN.format(compressor="rtn")})
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
-    assert out.returncode == 2
-    assert "Two plugins register a compressor named 'rtn'" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 0, out.stderr
+    listed = {p["name"]: p for p in json.loads(out.stdout)}
+    assert listed["dupeplug"]["provides"] == {"compressors": ["rtn"]} and "pruning" in listed
+    assert "Two plugins register a compressor named 'rtn'" in listed["dupeplug"]["conflicts"][0]
+    assert listed["rtn"]["conflicts"] == listed["dupeplug"]["conflicts"]
+    text = _featsurv("plugins", env_extra=_pythonpath(site))
+    assert text.returncode == 0 and "Conflicts" in text.stdout and "'dupeplug'" in text.stdout
+    used = _featsurv("audit", "rtn", "--out", str(site / "never"), env_extra=_pythonpath(site))
+    assert used.returncode == 2
+    assert "Two plugins register a compressor named 'rtn'" in used.stderr and "Traceback" not in used.stderr
+    assert not (site / "never").exists()
 
 
 @pytest.mark.slow
