@@ -109,11 +109,12 @@ def _effective_flags(cfg: Any, flags: dict[str, bool]) -> dict[str, bool]:
 
 
 def load_hooked_transformer(source: str, flags: dict[str, bool], dtype: Any, device: str,
-                            trust_remote_code: bool = False) -> Any:
+                            trust_remote_code: bool = False, require_safetensors: bool = False) -> Any:
     """A HookedTransformer for a hub id (``from_pretrained``) or a local HF directory (same processing)."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
+    hf_kwargs = {"use_safetensors": True} if require_safetensors else {}
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # TransformerLens prints "Loaded pretrained model ..." and deprecates HookedTransformer for v4
         warnings.filterwarnings("ignore", message=r"HookedTransformer(\.from_pretrained)? is deprecated",
@@ -127,10 +128,11 @@ def load_hooked_transformer(source: str, flags: dict[str, bool], dtype: Any, dev
                     hint="Pass a hub id TransformerLens supports (e.g. EleutherAI/pythia-70m-deduped, "
                          "google/gemma-2-2b) or a local Hugging Face model directory") from None
             return HookedTransformer.from_pretrained(source, **flags, dtype=dtype, device=device,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **hf_kwargs)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                        **hf_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         cfg = _local_config(str(source), hf_model.config, dtype, device, flags["fold_ln"])
         flags = _effective_flags(cfg, flags)
@@ -196,16 +198,17 @@ class TransformerLensAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ loading
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
-             trust_remote_code: bool = False) -> LoadedModel:
+             trust_remote_code: bool = False, require_safetensors: bool = False) -> LoadedModel:
         from featsurv.hf import model_load_error, torch_dtype
 
         flags = {flag: bool(self.option(flag)) for flag in FLAGS}
         try:
-            model = load_hooked_transformer(source, flags, torch_dtype(dtype), device, trust_remote_code)
+            model = load_hooked_transformer(source, flags, torch_dtype(dtype), device, trust_remote_code,
+                                            require_safetensors)
         except FeatsurvError:
             raise
-        except (OSError, ValueError, NotImplementedError) as exc:
-            raise model_load_error(source, exc) from None
+        except Exception as exc:  # TransformerLens and transformers raise many kinds for a model they cannot take
+            raise model_load_error(source, exc, require_safetensors) from None
         model.eval()
         return LoadedModel(model, model.tokenizer, self, source, dtype, device)
 

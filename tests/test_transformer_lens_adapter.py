@@ -353,3 +353,17 @@ def test_bf16_native_rtn_and_tie_pruning_are_the_reference_gemma_code(registry, 
         t.sync()
     _reference_tl_rtn(theirs.model, 5)
     assert any(not torch.equal(_tl_param(fp32.model, n), p) for n, p in theirs.model.named_parameters())
+
+
+def test_require_safetensors_refuses_pickle_weights(registry, tiny_models, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_models["gpt_neox"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(FeatsurvError, match="only pickle weights"):
+        load_model(registry, str(pickled), adapter="transformer_lens", require_safetensors=True)
+    assert _load(registry, pickled).adapter.name == "transformer_lens"  # without the flag it loads
