@@ -109,11 +109,12 @@ def _effective_flags(cfg: Any, flags: dict[str, bool]) -> dict[str, bool]:
 
 
 def load_hooked_transformer(source: str, flags: dict[str, bool], dtype: Any, device: str,
-                            trust_remote_code: bool = False) -> Any:
+                            trust_remote_code: bool = False, require_safetensors: bool = False) -> Any:
     """A HookedTransformer for a hub id (``from_pretrained``) or a local HF directory (same processing)."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
+    hf_kwargs = {"use_safetensors": True} if require_safetensors else {}
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # TransformerLens prints "Loaded pretrained model ..." and deprecates HookedTransformer for v4
         warnings.filterwarnings("ignore", message=r"HookedTransformer(\.from_pretrained)? is deprecated",
@@ -127,10 +128,11 @@ def load_hooked_transformer(source: str, flags: dict[str, bool], dtype: Any, dev
                     hint="Pass a hub id TransformerLens supports (e.g. EleutherAI/pythia-70m-deduped, "
                          "google/gemma-2-2b) or a local Hugging Face model directory") from None
             return HookedTransformer.from_pretrained(source, **flags, dtype=dtype, device=device,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **hf_kwargs)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                        **hf_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         cfg = _local_config(str(source), hf_model.config, dtype, device, flags["fold_ln"])
         flags = _effective_flags(cfg, flags)
@@ -196,16 +198,17 @@ class TransformerLensAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ loading
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
-             trust_remote_code: bool = False) -> LoadedModel:
+             trust_remote_code: bool = False, require_safetensors: bool = False) -> LoadedModel:
         from featsurv.hf import model_load_error, torch_dtype
 
         flags = {flag: bool(self.option(flag)) for flag in FLAGS}
         try:
-            model = load_hooked_transformer(source, flags, torch_dtype(dtype), device, trust_remote_code)
+            model = load_hooked_transformer(source, flags, torch_dtype(dtype), device, trust_remote_code,
+                                            require_safetensors)
         except FeatsurvError:
             raise
-        except (OSError, ValueError, NotImplementedError) as exc:
-            raise model_load_error(source, exc) from None
+        except Exception as exc:  # TransformerLens and transformers raise many kinds for a model they cannot take
+            raise model_load_error(source, exc, require_safetensors) from None
         model.eval()
         return LoadedModel(model, model.tokenizer, self, source, dtype, device)
 
@@ -249,6 +252,8 @@ class TransformerLensAdapter(ModelAdapter):
         return int(model.cfg.n_ctx)
 
     def compressible_weights(self, model: Any, scope: Sequence[str] = ("attn", "mlp")) -> list[WeightTarget]:
+        from torch.nn import Parameter
+
         bad = set(scope) - set(SCOPES)
         if bad:
             raise FeatsurvError(f"Unknown weight scope {sorted(bad)!r}", allowed=SCOPES)
@@ -258,11 +263,11 @@ class TransformerLensAdapter(ModelAdapter):
         for i, block in enumerate(model.blocks):
             if "attn" in scope:
                 for attr, role in ATTN_WEIGHTS:
-                    stored = f"_{attr}" if isinstance(getattr(block.attn, f"_{attr}", None), torch_parameter()) else attr
+                    # grouped-query attention stores K and V unexpanded as _W_K, _W_V
+                    stored = f"_{attr}" if isinstance(getattr(block.attn, f"_{attr}", None), Parameter) else attr
                     targets.append(_target(f"blocks.{i}.attn.{stored}", block.attn, stored, role, i))
             if "mlp" in scope and not model.cfg.attn_only:
-                found = [(attr, role) for attr, role in MLP_WEIGHTS if isinstance(getattr(block.mlp, attr, None),
-                                                                                 torch_parameter())]
+                found = [(a, r) for a, r in MLP_WEIGHTS if isinstance(getattr(block.mlp, a, None), Parameter)]
                 if not found:
                     raise FeatsurvError(f"Block {i}'s MLP ({type(block.mlp).__name__}) has no W_in/W_out to compress",
                                         hint="Pass --scope attn, or use a Hugging Face adapter for this model")
@@ -271,12 +276,6 @@ class TransformerLensAdapter(ModelAdapter):
         if "lm_head" in scope:
             targets.append(_target("unembed.W_U", model.unembed, "W_U", "lm_head", None))
         return targets
-
-
-def torch_parameter() -> type:
-    import torch
-
-    return torch.nn.Parameter
 
 
 @hookimpl

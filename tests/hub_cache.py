@@ -158,8 +158,8 @@ def _pythia_weights(seed: int) -> dict[str, Any]:
     return out
 
 
-def _calibrated_sae(acts: Any, seed: int, gain: float = 30.0) -> dict[str, Any]:
-    """A ReLU SAE on ``acts`` [N, 512] whose features fire at rates spread from 0.05% to 20%.
+def calibrated_sae(acts: Any, d_sae: int = D_SAE, seed: int = 0, gain: float = 30.0) -> dict[str, Any]:
+    """A ReLU SAE on ``acts`` [N, d_in] whose features fire at rates spread from 0.05% to 20%.
 
     Encoder columns have norm ``gain``: activations well above the reference's 1e-12 clamp of
     the product of variances, which would otherwise change r for features that barely fire.
@@ -168,14 +168,14 @@ def _calibrated_sae(acts: Any, seed: int, gain: float = 30.0) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
-    unit = torch.randn(d_in, D_SAE, generator=gen)
+    unit = torch.randn(d_in, d_sae, generator=gen)
     unit /= unit.norm(dim=0, keepdim=True)
     w_enc = gain * unit
     b_dec = acts.mean(0)
     pre = (acts - b_dec) @ w_enc
-    rates = torch.logspace(-3.3, -0.7, D_SAE)[torch.randperm(D_SAE, generator=gen)]
+    rates = torch.logspace(-3.3, -0.7, d_sae)[torch.randperm(d_sae, generator=gen)]
     b_enc = -torch.quantile(pre, 1 - rates, dim=0).diagonal()  # column j at its own rate
-    w_dec = unit.T.clone() * (d_in / D_SAE) ** 0.5 / gain
+    w_dec = unit.T.clone() * (d_in / d_sae) ** 0.5 / gain
     return {"W_enc": w_enc.contiguous(), "b_enc": b_enc.contiguous(), "W_dec": w_dec.contiguous(),
             "b_dec": b_dec.contiguous()}
 
@@ -204,7 +204,7 @@ def build_hf_home(home: Path, work: Path, seed: int = 0) -> Path:
     files = {"config.json": json.dumps(PYTHIA_CONFIG, indent=2).encode(), **_tokenizer_files(splits["train"], work)}
     files["model.safetensors"] = save(_pythia_weights(seed), metadata={"format": "pt"})
     model_snap = write_snapshot(home / "hub", PYTHIA, files)
-    sae = _calibrated_sae(_centred_block4_acts(model_snap, splits["validation"] + splits["test"]), seed)
+    sae = calibrated_sae(_centred_block4_acts(model_snap, splits["validation"] + splits["test"]), seed=seed)
     cfg = {"model_name": "pythia-70m-deduped", "hook_point": SAE_ID, "hook_point_layer": 4,
            "hook_point_head_index": None, "dataset_path": "EleutherAI/the_pile_deduplicated",
            "is_dataset_tokenized": False, "context_size": 128, "use_cached_activations": False, "d_in": 512,
@@ -224,8 +224,10 @@ def build_hf_home(home: Path, work: Path, seed: int = 0) -> Path:
 
 def offline_env(home: Path) -> dict[str, str]:
     """The environment of a process that finds only ``home`` and never touches the network."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")}
+    from featsurv.testing import CONTROL_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in CONTROL_VARS
+           and k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")}
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore")
     return env

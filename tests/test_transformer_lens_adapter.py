@@ -38,6 +38,11 @@ def adapter(registry):
     return registry.get("model_adapters", "transformer_lens")
 
 
+def _params(registry, compressor: str, **given) -> dict:
+    """Every declared parameter of ``compressor``: its default, or the value given."""
+    return {**{p.name: p.default for p in registry.get("compressors", compressor).params}, **given}
+
+
 def _load(registry, path, dtype="float32", **options):
     return load_model(registry, str(path), adapter="transformer_lens", dtype=dtype, adapter_options=options)
 
@@ -196,7 +201,7 @@ def _reference_tl_rtn(model, bits):
 def test_rtn_tl_granularity_is_the_reference_tl_rtn(registry, tiny_models, family):
     ours, theirs = _load(registry, tiny_models[family]), _load(registry, tiny_models[family])
     targets = ours.adapter.compressible_weights(ours.model)
-    registry.get("compressors", "rtn").compress(targets, {"bits": 4, "symmetric": True, "granularity": "tl"})
+    registry.get("compressors", "rtn").compress(targets, _params(registry, "rtn", bits=4, granularity="tl"))
     for t in targets:
         t.sync()
     _reference_tl_rtn(theirs.model, 4)
@@ -212,7 +217,7 @@ def test_magnitude_prunes_each_tl_tensor(registry, tiny_models):
     loaded = _load(registry, tiny_models["gpt_neox"])
     targets = loaded.adapter.compressible_weights(loaded.model)
     before = {t.name: _tl_param(loaded.model, t.name).detach().clone() for t in targets}
-    registry.get("compressors", "magnitude").compress(targets, {"sparsity": 0.3, "scope": "matrix"})
+    registry.get("compressors", "magnitude").compress(targets, _params(registry, "magnitude", sparsity=0.3))
     for t in targets:
         t.sync()
         p, w0 = _tl_param(loaded.model, t.name), before[t.name]
@@ -229,7 +234,7 @@ def test_a_third_party_compressor_acts_on_tl_weights(registry, tiny_models):
     targets = loaded.adapter.compressible_weights(loaded.model, ("mlp",))
     want = {t.name: torchao.dequantized(t.weight.clone(), torchao.torchao_config(4, "axis", "symmetric", "affine"))
             for t in targets}
-    registry.get("compressors", "torchao").compress(targets, {"bits": 4})
+    registry.get("compressors", "torchao").compress(targets, _params(registry, "torchao", bits=4))
     for t in targets:
         t.sync()
         assert torch.equal(_tl_param(loaded.model, t.name), want[t.name].T), t.name
@@ -309,3 +314,56 @@ def test_preset_adapter_options_merge_with_the_command_line():
     merged = options(adapter_option_items=("fold_ln=false",)).adapter_options
     assert merged["fold_ln"] == "false" and merged["center_unembed"] is True
     assert options(adapter="gpt_neox").adapter_options == {}
+
+
+def _reference_tl_prune(model, sparsity):
+    """The reference's magnitude_prune_tl (Gemma): k = int(s*n), every |w| <= the k-th smallest pruned."""
+    for name, param in model.named_parameters():
+        if any(t in name for t in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")):
+            w = param.data
+            flat = w.abs().flatten()
+            k = int(sparsity * flat.numel())
+            if k > 0:
+                w[w.abs() <= torch.kthvalue(flat, k).values] = 0
+
+
+def test_bf16_native_rtn_and_tie_pruning_are_the_reference_gemma_code(registry, tiny_models):
+    """In bfloat16, rtn arith=native and pruning count=floor ties=prune on the adapter's targets give
+    exactly the TransformerLens tensors the reference's Gemma code gives (ties are common in bf16)."""
+    path = tiny_models["gemma2"]
+    for compressor, params, reference in (
+            ("rtn", dict(bits=5, granularity="tl", arith="native"), lambda m: _reference_tl_rtn(m, 5)),
+            ("pruning", dict(sparsity=0.37, scope="matrix", count="floor", ties="prune"),
+             lambda m: _reference_tl_prune(m, 0.37))):
+        ours = _load(registry, path, dtype="bfloat16", **NO_PROCESSING)
+        theirs = _load(registry, path, dtype="bfloat16", **NO_PROCESSING)
+        targets = ours.adapter.compressible_weights(ours.model)
+        registry.get("compressors", compressor).compress(targets, _params(registry, compressor, **params))
+        for t in targets:
+            t.sync()
+        reference(theirs.model)
+        for name, p in theirs.model.named_parameters():
+            assert torch.equal(_tl_param(ours.model, name), p), (compressor, name)
+    # the default float32 arithmetic is not the reference's in bfloat16 (the test can tell them apart)
+    fp32, theirs = _load(registry, path, dtype="bfloat16", **NO_PROCESSING), _load(registry, path, dtype="bfloat16",
+                                                                                     **NO_PROCESSING)
+    targets = fp32.adapter.compressible_weights(fp32.model)
+    registry.get("compressors", "rtn").compress(targets, _params(registry, "rtn", bits=5, granularity="tl"))
+    for t in targets:
+        t.sync()
+    _reference_tl_rtn(theirs.model, 5)
+    assert any(not torch.equal(_tl_param(fp32.model, n), p) for n, p in theirs.model.named_parameters())
+
+
+def test_require_safetensors_refuses_pickle_weights(registry, tiny_models, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_models["gpt_neox"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(FeatsurvError, match="only pickle weights"):
+        load_model(registry, str(pickled), adapter="transformer_lens", require_safetensors=True)
+    assert _load(registry, pickled).adapter.name == "transformer_lens"  # without the flag it loads
