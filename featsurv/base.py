@@ -79,7 +79,11 @@ class ModelAdapter(ABC):
     @abstractmethod
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
              trust_remote_code: bool = False) -> LoadedModel:
-        """Load model and tokenizer from a hub id or a local directory."""
+        """Load model and tokenizer from a hub id or a local directory.
+
+        An adapter that can refuse pickle weights also takes ``require_safetensors: bool = False``;
+        featsurv passes it only when the user asks (``--require-safetensors``).
+        """
 
     @abstractmethod
     def layers(self, model: Any) -> Sequence[Any]:

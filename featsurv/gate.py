@@ -39,7 +39,9 @@ def _num(v: Any) -> float | None:
 def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
                   max_ppl_change: float | None = None) -> list[GateLine]:
     """One :class:`GateLine` per entry of ``summary["results"]``, in order."""
-    results = summary.get("results") or []
+    from .results import check_summary
+
+    results = check_summary(summary).get("results") or []
     if not results:
         raise FeatsurvError("This result holds no configurations to gate (summary.json has no results)",
                             hint="Run `featsurv audit` with at least one compressor configuration")
@@ -73,25 +75,12 @@ def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
 
 
 def run_gate(result_dir: Any, min_survival: float = 0.9, max_ppl_change: float | None = None) -> tuple[bool, list[GateLine]]:
-    """Load a result directory and gate it: ``(all_passed, lines)``. A bad directory raises FeatsurvError."""
-    import json
-    from pathlib import Path
+    """Load a result directory (verified against its manifest) and gate it: ``(all_passed, lines)``.
 
-    from .results import FEATURES_FILE, RUN_FILE, SUMMARY_FILE
+    A missing, incomplete or damaged directory raises FeatsurvError naming the file.
+    """
+    from .results import load_run
 
-    p = Path(result_dir)
-    missing = [f for f in (RUN_FILE, SUMMARY_FILE, FEATURES_FILE) if not (p / f).is_file()]
-    if not p.is_dir() or missing:
-        raise FeatsurvError(
-            f"{str(result_dir)!r} is not a featsurv result directory"
-            + (f" (missing {', '.join(missing)})" if p.is_dir() else ""),
-            hint="Pass the folder printed at the end of `featsurv audit` or `featsurv compare`")
-    try:
-        summary = json.loads((p / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FeatsurvError(f"Cannot read {str(p / SUMMARY_FILE)!r}: {exc}",
-                            hint="The run may have been written by an incompatible version; re-run the audit") from None
-    if not isinstance(summary, dict):
-        raise FeatsurvError(f"{str(p / SUMMARY_FILE)!r} does not hold a featsurv summary")
-    lines = evaluate_gate(summary, min_survival, max_ppl_change)
+    run = load_run(result_dir, features=False)
+    lines = evaluate_gate(run.summary, min_survival, max_ppl_change)
     return all(line.passed for line in lines), lines

@@ -78,7 +78,8 @@ class Param:
             raise FeatsurvError(
                 f"Bad value {raw!r} for parameter {self.name!r}{where}" + (f": {extra}" if extra else ""),
                 allowed=self.allowed(),
-                hint="Fix the -p option and run the command again",
+                hint=("Fix the metric option (--metric-option or its flag) and run the command again"
+                      if owner.startswith("metric") else "Fix the -p option and run the command again"),
             )
         return value
 

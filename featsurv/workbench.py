@@ -61,14 +61,21 @@ def same_model(sae_model: str, *names: str) -> bool:
     return False
 
 
-def load_saes(bench: Workbench) -> None:
-    """One SAE per hook point, each checked against the model."""
+def read_saes(bench: Workbench) -> list[tuple[str, Any]]:
+    """Load every SAE (cheap) before the model, so a bad SAE path fails before the model loads."""
+    out = []
+    for spec in bench.options.saes:
+        bench.progress(f"loading SAE {spec}")
+        out.append((spec, load_sae(bench.registry, spec, device=bench.device)))
+    return out
+
+
+def pair_saes(bench: Workbench, saes: list[tuple[str, Any]]) -> None:
+    """One SAE per hook point, each checked against the loaded model."""
     o, loaded = bench.options, bench.loaded
     adapter, model = loaded.adapter, loaded.model
     d_model = adapter.width(model)
-    for i, spec in enumerate(o.saes):
-        bench.progress(f"loading SAE {spec}")
-        sae = load_sae(bench.registry, spec, device=bench.device)
+    for i, (spec, sae) in enumerate(saes):
         hook = o.hooks[i] if o.hooks else sae.hook_name
         if not hook:
             raise FeatsurvError(f"SAE {spec!r} does not say which hook point it was trained on",
@@ -86,6 +93,12 @@ def load_saes(bench: Workbench) -> None:
         if hook in bench.hooks:
             raise FeatsurvError(f"Two SAEs are given for hook point {hook!r}", hint="Give one SAE per hook point")
         bench.hooks[hook] = HookState(hook, sae)
+
+
+def peek_dataset(bench: Workbench) -> None:
+    """Read the dataset's first document before the model loads (a missing or undecodable file fails now)."""
+    source = dataset_source(bench.registry, bench.options.dataset)
+    next(iter(source.documents(bench.options.dataset)), None)
 
 
 def load_tokens(bench: Workbench, calibration_tokens: int) -> None:
@@ -121,11 +134,14 @@ def load_workbench(options: AuditOptions, registry: Registry, progress: Progress
     bench = Workbench(options, registry, progress, derived["device"])
     t0 = time.perf_counter()
     torch.manual_seed(options.seed)
+    saes = read_saes(bench)
+    peek_dataset(bench)
     progress(f"loading model {options.model}")
     bench.loaded = load_model(registry, options.model, adapter=options.adapter, dtype=options.dtype,
-                              device=bench.device, trust_remote_code=options.trust_remote_code)
+                              device=bench.device, trust_remote_code=options.trust_remote_code,
+                              require_safetensors=options.require_safetensors)
     bench.loaded.adapter.compressible_weights(bench.loaded.model, options.scope)  # a scope it cannot take fails now
-    load_saes(bench)
+    pair_saes(bench, saes)
     calib = options.calibration_tokens or (DEFAULT_CALIBRATION_TOKENS if needs_calibration else 0)
     load_tokens(bench, calib)
     bench.timed("load", t0)
