@@ -360,8 +360,9 @@ def run_plan(options: AuditOptions, compressor: str, base: dict[str, Any], goal:
     """Search a per-group plan, write the run (summary ``plan``, plan.toml) and return it."""
     from .assembly import assemble
     from .attribution import parse_by, session_groups
+    from .plan_file import plan_toml
     from .results import check_out_dir
-    from .runs import finish, needs_calibration
+    from .runs import needs_calibration
 
     by = parse_by(by)
     session = session or AuditSession(options)
@@ -391,28 +392,26 @@ def run_plan(options: AuditOptions, compressor: str, base: dict[str, Any], goal:
     record = attribution_record(planner, attribution, by)
     if record is not None:
         result.summary["attribution"] = record
-    result.extra["plan"] = plan_record(planner, plan, by, section["message"]) if plan is not None else None
-    result = finish(session, result, out_dir, "plan")
-    write_plan_files(result, plan_out)
-    return result
+    text = plan_toml(plan_record(planner, plan, by, section["message"])) if plan is not None else None
+    return write_plan_run(session, result, text, out_dir, plan_out)
 
 
-def write_plan_files(result: Any, plan_out: str | Path | None) -> None:
-    """plan.toml in the result folder (and at ``plan_out``); the summary names where."""
-    from .plan_file import plan_toml
+def write_plan_run(session: AuditSession, result: Any, text: str | None, out_dir: str | Path | None,
+                   plan_out: str | Path | None) -> Any:
+    """The run folder with plan.toml written (and listed in its manifest) with the data; a copy at ``plan_out``."""
     from .results import write_text_atomic
+    from .runs import default_out_dir, finish
 
-    plan = result.extra.get("plan")
-    if plan is None:
-        return
-    text = plan_toml(plan)
+    if out_dir is not False:
+        out_dir = out_dir or default_out_dir("plan")
     written = []
-    if result.path is not None:
-        write_text_atomic(result.path / "plan.toml", text)
-        written.append(str(result.path / "plan.toml"))
-    if plan_out is not None:
-        write_text_atomic(Path(plan_out), text)
+    if text is not None and out_dir is not False:
+        result.files["plan.toml"] = text
+        written.append(str(Path(out_dir).expanduser().resolve() / "plan.toml"))
+    if text is not None and plan_out is not None:
         written.append(str(plan_out))
     result.summary["plan"]["plan_files"] = written
-    if result.path is not None:
-        result.save_summary()
+    result = finish(session, result, out_dir, "plan")
+    if text is not None and plan_out is not None:
+        write_text_atomic(Path(plan_out), text)
+    return result
