@@ -66,6 +66,10 @@ def test_audit_applies_the_plan_file_with_the_same_values(embedded_plan, tmp_pat
     plan = _summary(out)["plan"]
     text = (out / "plan.toml").read_text()
     assert 'compressor = "rtn"' in text and '"L3" = { bits = 3 }' in text
+    from featsurv.results import RunResult
+
+    assert "plan.toml" in RunResult.load(out).manifest["files"]  # written with the run, verified by readers
+    assert plan["plan_files"] == [str((out / "plan.toml").resolve())]
     res = CliRunner().invoke(cli, ["audit", "rtn", "--plan", str(out / "plan.toml"), "--tokens", "1024",
                                    "--bootstrap", "0", "-q", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
@@ -124,6 +128,43 @@ def test_a_knob_where_more_is_more_compression(fragile_args, tmp_path):
     assert plan["uniform_best"] == max(v for v, s in uniform.items() if s["feasible"])
     lowered = [s for s in plan["path"] if s["kind"] == "trial"]
     assert all(s["average"] > plan["uniform_best"] for s in lowered)  # every move compresses harder
+
+
+class Blur(Compressor):
+    """A third-party compressor with no knob declared and no notion of groups: it shrinks every
+    weight toward its matrix's mean by a fraction ``amount`` (more is more compression)."""
+
+    name = "blur"
+    params = (Param("amount", float, 0.1, "fraction toward the mean", minimum=0.0, maximum=1.0),)
+
+    def compress(self, targets, params):
+        with torch.no_grad():
+            for t in targets:
+                w = t.weight
+                w.sub_((w - w.mean()) * params["amount"])
+
+
+class BlurPlugin:
+    @hookimpl
+    def register_compressors(self, register):
+        register(Blur())
+
+
+def test_plan_with_a_third_party_compressor(fragile_args, register_plugin, tmp_path):
+    register_plugin(BlurPlugin(), name="blur")
+    res = CliRunner().invoke(cli, ["plan", "blur", "--knob", "amount", "--values", "0.02,0.2,0.6",
+                                   "--min-survival", "0.5", "--by", "layer", *fragile_args, "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    plan = _summary(tmp_path / "t")["plan"]
+    assert plan["knob"] == "amount" and plan["values"] == [0.02, 0.2, 0.6]
+    assert min(plan["final"]["plan"]["survived"].values()) >= 0.5
+    assert set(plan["setting"]) == {"L0", "L1"} and plan["average"] >= plan["uniform_best"]
+    text = (tmp_path / "t" / "plan.toml").read_text()
+    res = CliRunner().invoke(cli, ["audit", "blur", "--plan", str(tmp_path / "t" / "plan.toml"), *fragile_args,
+                                   "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    again = {e["hook"]: e["survived"] for e in _summary(tmp_path / "a")["results"]}
+    assert again == plan["final"]["plan"]["survived"] and "amount = " in text
 
 
 def test_an_unreachable_target_writes_no_plan_and_exits_1(fragile_args, tmp_path):
