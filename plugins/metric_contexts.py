@@ -1,0 +1,222 @@
+"""Metric ``contexts``: each feature's top-activating contexts, under FP and under compression.
+
+During the FP pass a streaming top-k (``k``, default 20; memory O(d_sae x k), never
+``[N, d_sae]``) keeps, per feature of every audited SAE, the k kept token positions where it
+fires most, with the feature's FP activations over a window of ``window`` tokens either side.
+Per configuration it reads the compressed activations at those same positions, and keeps the
+compressed model's own top-k too (so a feature that moved to new contexts shows it).
+
+Writes the table ``contexts`` (``contexts.parquet``, schema in docs/results-contexts.md), the
+per-feature column ``contexts.top_overlap`` (share of the FP top-k positions that are also in
+the compressed top-k), the report section linking ``explorer.html``, and the command
+``featsurv features``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from featsurv import FeatureAccumulator, FeatureResult, Metric, Param, hookimpl
+from featsurv.base import FPAccumulator, ReportSection
+
+TABLE = "contexts"
+KINDS = ("fp_top", "compressed_top")
+
+
+@dataclass
+class FPContexts:
+    """What the FP pass found for one hook: the top-k entries (sorted by token key) and geometry."""
+
+    d_sae: int
+    k: int
+    window: int
+    context_length: int
+    entries: Any  # featsurv.explorer.topk.TopKEntries; payload: fp_window [n, W], ids [n, W]
+    tokenizer: Any = None
+
+
+class ContextsFPAccumulator(FPAccumulator):
+    def __init__(self, d_sae: int, k: int, window: int):
+        from featsurv.explorer.topk import StreamingTopK
+
+        self.d_sae, self.k, self.window = d_sae, k, window
+        self.topk = StreamingTopK(d_sae, k)
+        self.context_length = 0
+        self.tokenizer = None
+
+    def update(self, fp: Any, batch: Any) -> None:
+        from featsurv.explorer.topk import BatchLayout, gather_rows
+
+        layout = BatchLayout(batch, fp.device)
+        self.context_length = layout.context_length
+        if self.tokenizer is None:
+            self.tokenizer = getattr(batch, "tokenizer", None)
+
+        def payload(rows: Any, feats: Any) -> dict[str, Any]:
+            wrows, ids = layout.windows(layout.local[rows], layout.positions[rows], self.window)
+            return {"fp_window": gather_rows(fp, wrows, feats), "ids": ids.int()}
+
+        self.topk.update(fp, layout.keys, payload)
+
+    def result(self) -> FPContexts:
+        return FPContexts(self.d_sae, self.k, self.window, self.context_length, self.topk.entries(), self.tokenizer)
+
+
+class ContextsAccumulator(FeatureAccumulator):
+    def __init__(self, d_sae: int, fp_result: FPContexts):
+        import numpy as np
+
+        from featsurv.explorer.topk import StreamingTopK
+
+        self.fp = fp_result
+        n, w = len(fp_result.entries), 2 * fp_result.window + 1
+        self.comp_act = np.full(n, np.nan, dtype=np.float32)
+        self.comp_window = np.full((n, w), np.nan, dtype=np.float32)
+        self.topk = StreamingTopK(d_sae, fp_result.k)
+
+    def update(self, fp: Any, compressed: Any, batch: Any) -> None:
+        import numpy as np
+        import torch
+
+        from featsurv.explorer.topk import BatchLayout, gather_rows
+
+        layout = BatchLayout(batch, compressed.device)
+        e, c, w = self.fp.entries, layout.context_length, self.fp.window
+        lo, hi = layout.key_range()
+        i0, i1 = np.searchsorted(e.key, [lo, hi])
+        if i1 > i0:  # FP top-k positions inside this batch: the compressed activations there
+            keys = torch.as_tensor(e.key[i0:i1], device=compressed.device)
+            feats = torch.as_tensor(e.feature[i0:i1], device=compressed.device)
+            local, pos = keys // c - layout.first_context, keys % c
+            rows = layout.row_of[local, pos]
+            self.comp_act[i0:i1] = gather_rows(compressed, rows[:, None], feats)[:, 0].cpu().numpy()
+            wrows, _ = layout.windows(local, pos, w)
+            self.comp_window[i0:i1] = gather_rows(compressed, wrows, feats).cpu().numpy()
+
+        def payload(rows: Any, feats: Any) -> dict[str, Any]:
+            wrows, ids = layout.windows(layout.local[rows], layout.positions[rows], w)
+            return {"compressed_window": gather_rows(compressed, wrows, feats),
+                    "fp_window": gather_rows(fp, wrows, feats), "ids": ids.int(),
+                    "fp_act": fp[rows, feats].float()[:, None]}
+
+        self.topk.update(compressed, layout.keys, payload)
+
+    def result(self, fp_stats: dict[str, Any]) -> FeatureResult:
+        import numpy as np
+
+        fp = self.fp
+        ce = self.topk.entries()
+        both_fp, both_c = _in_both(fp.entries, ce, fp.d_sae)
+        n_fp = np.bincount(fp.entries.feature, minlength=fp.d_sae)
+        shared = np.bincount(fp.entries.feature[both_fp], minlength=fp.d_sae)
+        overlap = np.divide(shared, n_fp, out=np.full(fp.d_sae, np.nan), where=n_fp > 0)
+        active = np.asarray(fp_stats.get("firing_rate", np.ones(fp.d_sae))) > 0
+        table = build_table(fp, self.comp_act, self.comp_window, ce, both_fp, both_c)
+        sel = active & np.isfinite(overlap)
+        summary = {"k": fp.k, "window": fp.window, "n_rows": int(len(table)),
+                   "mean_top_overlap": float(overlap[sel].mean()) if sel.any() else float("nan")}
+        return FeatureResult(summary, {"top_overlap": overlap}, {TABLE: table})
+
+
+def _in_both(a: Any, b: Any, d_sae: int) -> tuple[Any, Any]:
+    """Which entries of ``a`` and of ``b`` share (feature, key) with the other."""
+    import numpy as np
+
+    ka = a.key.astype(np.int64) * d_sae + a.feature
+    kb = b.key.astype(np.int64) * d_sae + b.feature
+    return np.isin(ka, kb), np.isin(kb, ka)
+
+
+def token_strings(tokenizer: Any, ids: Any) -> Any:
+    """An object array mapping each id in ``ids`` (and -1 -> "") to its decoded text."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    top = int(ids.max()) if ids.size else -1
+    table = np.full(top + 2, "", dtype=object)  # index -1 is the last slot: ""
+    for i in np.unique(ids[ids >= 0]):
+        if tokenizer is None:
+            table[i] = f"<{int(i)}>"
+        else:
+            table[i] = tokenizer.decode([int(i)], clean_up_tokenization_spaces=False)
+    return table
+
+
+def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_fp: Any, both_c: Any) -> Any:
+    """The ``contexts`` rows of one (configuration, hook): FP top-k then compressed top-k."""
+    import numpy as np
+    import pandas as pd
+
+    e, c, w = fp.entries, max(fp.context_length, 1), fp.window
+    parts = [
+        (KINDS[0], e.feature, e.rank, e.key, e.payload.get("ids"), e.value, comp_act,
+         e.payload.get("fp_window"), comp_window, both_fp),
+        (KINDS[1], ce.feature, ce.rank, ce.key, ce.payload.get("ids"),
+         ce.payload["fp_act"][:, 0] if "fp_act" in ce.payload else np.zeros(0), ce.value,
+         ce.payload.get("fp_window"), ce.payload.get("compressed_window"), both_c),
+    ]
+    frames = []
+    width = 2 * w + 1
+    for kind, feat, rank, key, ids, fp_act, c_act, fp_win, c_win, both in parts:
+        n = len(feat)
+        if n == 0:
+            continue
+        ids = np.asarray(ids if ids is not None else np.full((n, width), -1), dtype=np.int32)
+        strings = token_strings(fp.tokenizer, ids)
+        toks = strings[ids]  # -1 -> "" (the last slot)
+        text = ["".join(row) for row in toks]
+        fp_win = np.asarray(fp_win, dtype=np.float32) if fp_win is not None else np.full((n, width), np.nan, np.float32)
+        c_win = np.asarray(c_win, dtype=np.float32) if c_win is not None else np.full((n, width), np.nan, np.float32)
+        frames.append(pd.DataFrame({
+            "feature": np.asarray(feat, dtype=np.int32), "kind": kind, "rank": np.asarray(rank, dtype=np.int16),
+            "context": (key // c).astype(np.int32), "position": (key % c).astype(np.int32),
+            "window_start": (key % c - w).astype(np.int32), "target": np.int16(w),
+            "fp_act": np.asarray(fp_act, dtype=np.float32), "compressed_act": np.asarray(c_act, dtype=np.float32),
+            "in_both": np.asarray(both, dtype=bool), "text": text,
+            "window_ids": list(ids), "window_tokens": [list(t) for t in toks],
+            "fp_window": list(fp_win), "compressed_window": list(c_win),
+        }))
+    if not frames:
+        return pd.DataFrame({col: [] for col in COLUMNS})
+    out = pd.concat(frames, ignore_index=True)
+    order = np.lexsort((out["rank"].to_numpy(), (out["kind"] != KINDS[0]).to_numpy(), out["feature"].to_numpy()))
+    return out.iloc[order].reset_index(drop=True)  # by feature, fp_top before compressed_top, by rank
+
+
+COLUMNS = ("feature", "kind", "rank", "context", "position", "window_start", "target", "fp_act",
+           "compressed_act", "in_both", "text", "window_ids", "window_tokens", "fp_window", "compressed_window")
+
+
+class Contexts(Metric):
+    name = "contexts"
+    description = "Top-activating contexts per feature under FP and compression (explorer.html, `featsurv features`)"
+    options = (
+        Param("k", int, 20, "top-activating contexts kept per feature", minimum=1, maximum=1000, flag="contexts-k"),
+        Param("window", int, 8, "tokens kept either side of each context's activating token", minimum=0, maximum=64),
+    )
+
+    def fp_accumulator(self, d_sae: int, options: dict[str, Any]) -> FPAccumulator:
+        return ContextsFPAccumulator(d_sae, int(options.get("k", 20)), int(options.get("window", 8)))
+
+    def feature_accumulator(self, d_sae: int, options: dict[str, Any], fp_result: Any = None) -> FeatureAccumulator | None:
+        if fp_result is None:  # a host without FP accumulators: nothing to compare against
+            return None
+        return ContextsAccumulator(d_sae, fp_result)
+
+    def report_sections(self, run: Any) -> list[ReportSection]:
+        from featsurv.explorer.page import explorer_section
+
+        section = explorer_section(run)
+        return [section] if section is not None else []
+
+
+@hookimpl
+def register_metrics(register):
+    register(Contexts())
+
+
+@hookimpl
+def register_commands(cli):
+    from featsurv.explorer.terminal import features_command
+
+    cli.add_command(features_command)
