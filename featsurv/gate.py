@@ -36,7 +36,7 @@ def _num(v: Any) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
+def evaluate_gate(summary: dict[str, Any], min_survival: float | None = 0.9,
                   max_ppl_change: float | None = None) -> list[GateLine]:
     """One :class:`GateLine` per entry of ``summary["results"]``, in order."""
     results = summary.get("results") or []
@@ -47,7 +47,9 @@ def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
     for res in results:
         surv, ppl = _num(res.get("survived")), _num(res.get("perplexity_change"))
         reasons, ok = [], True
-        if surv is None:
+        if min_survival is None:
+            reasons.append("survived " + ("n/a" if surv is None else f"{surv:.2%}") + " (not gated)")
+        elif surv is None:
             ok = False
             reasons.append("survived fraction unknown (no active features?)")
         elif surv < min_survival:
@@ -72,8 +74,14 @@ def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
     return lines
 
 
-def run_gate(result_dir: Any, min_survival: float = 0.9, max_ppl_change: float | None = None) -> tuple[bool, list[GateLine]]:
-    """Load a result directory and gate it: ``(all_passed, lines)``. A bad directory raises FeatsurvError."""
+def run_gate(result_dir: Any, min_survival: float | None = 0.9, max_ppl_change: float | None = None,
+             watch: Any = None, min_watched_survival: float = 1.0) -> tuple[bool, list[GateLine]]:
+    """Load a result directory and gate it: ``(all_passed, lines)``. A bad directory raises FeatsurvError.
+
+    ``watch`` (a watch file or list, see featsurv.watch) adds one line per configuration that
+    fails when fewer than ``min_watched_survival`` of the watched features survived; with a
+    watch list and neither ``min_survival`` nor ``max_ppl_change``, only the watch list is gated.
+    """
     import json
     from pathlib import Path
 
@@ -93,5 +101,10 @@ def run_gate(result_dir: Any, min_survival: float = 0.9, max_ppl_change: float |
                             hint="The run may have been written by an incompatible version; re-run the audit") from None
     if not isinstance(summary, dict):
         raise FeatsurvError(f"{str(p / SUMMARY_FILE)!r} does not hold a featsurv summary")
-    lines = evaluate_gate(summary, min_survival, max_ppl_change)
+    lines = [] if watch is not None and min_survival is None and max_ppl_change is None else \
+        evaluate_gate(summary, min_survival, max_ppl_change)
+    if watch is not None:
+        from .watch import watch_gate
+
+        lines += watch_gate(p, watch, min_watched_survival, summary)
     return all(line.passed for line in lines), lines
