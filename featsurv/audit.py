@@ -270,7 +270,7 @@ class AuditSession:
             "perplexity_mode": o.perplexity_mode,
             "metrics": model_metrics,
             "saes": {h: {"spec": s.sae.spec, "architecture": s.sae.architecture, "d_in": s.sae.d_in,
-                         "model_name": s.sae.model_name,
+                         "model_name": s.sae.model_name, "neuronpedia_id": s.sae.neuronpedia_id,
                          "d_sae": s.sae.d_sae, "explained_variance": s.explained_variance,
                          "n_active": int((s.fp_stats["firing_rate"] > o.min_firing_rate).sum())}
                      for h, s in self.hooks.items()},
