@@ -142,6 +142,14 @@ def token_strings(tokenizer: Any, ids: Any) -> Any:
     return table
 
 
+def list_column(values: Any) -> list[Any]:
+    """A 2-D array ``[rows, width]`` as a list column: one row view per row (written to Parquet as
+    a list column; object-typed in pandas so that Parquet round-trips it)."""
+    import numpy as np
+
+    return list(np.asarray(values))
+
+
 def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_fp: Any, both_c: Any) -> Any:
     """The ``contexts`` rows of one (configuration, hook): FP top-k then compressed top-k."""
     import numpy as np
@@ -173,8 +181,8 @@ def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_f
             "window_start": (key % c - w).astype(np.int32), "target": np.int16(w),
             "fp_act": np.asarray(fp_act, dtype=np.float32), "compressed_act": np.asarray(c_act, dtype=np.float32),
             "in_both": np.asarray(both, dtype=bool), "text": text,
-            "window_ids": list(ids), "window_tokens": [list(t) for t in toks],
-            "fp_window": list(fp_win), "compressed_window": list(c_win),
+            "window_ids": list_column(ids), "window_tokens": list_column(toks),
+            "fp_window": list_column(fp_win), "compressed_window": list_column(c_win),
         }))
     if not frames:
         return pd.DataFrame({col: [] for col in COLUMNS})

@@ -221,7 +221,7 @@ def test_on_a_real_model_positions_and_activations(tiny_models, tiny_sae, tiny_c
         ctx, pos = rec["context"], rec["position"]
         lo, hi = max(0, pos - 2), min(c, pos + 3)
         ids = session.tokens.contexts[ctx, lo:hi].tolist()
-        assert [i for i in rec["window_ids"].tolist() if i >= 0] == ids
+        assert [i for i in list(rec["window_ids"]) if i >= 0] == ids
         assert rec["text"] == "".join(tok.decode([i]) for i in ids)
         assert rec["window_tokens"][rec["target"]] == tok.decode([int(session.tokens.contexts[ctx, pos])])
 

@@ -328,18 +328,17 @@
     var toks = D.ctx[String(ctxId)], lab = kind === "fp" ? "FP" : "compressed";
     var line = el("div", {cls: "strip " + kind}, el("span", {cls: "lab", text: lab}));
     if (!toks) { line.appendChild(document.createTextNode("(tokens not stored)")); return line; }
-    var acts = {};
-    for (var i = 0; i + 1 < (sparse || []).length; i += 2) acts[sparse[i]] = sparse[i + 1];
+    var digits = sparse || "";
     var start = pos - D.window, first = toks[0], rgb = kind === "fp" ? FP_RGB : COMP_RGB;
     for (var j = 0; j <= 2 * D.window; j++) {
       var p = start + j, idx = toks[1 + p - first];
       if (p < first || idx === undefined || idx < 0) continue;
       var text = D.tok[idx].replace(/\n/g, "↵").replace(/\t/g, "→");
-      var q = acts[j] || 0, value = p === pos ? target : q / 99 * scale;
+      var q = j < digits.length ? digits.charCodeAt(j) - 48 : 0, lv = D.levels || 9;
+      var value = p === pos ? fmt(target, 4) : (q ? "≈" + fmt(q / lv * scale, 2) : "0");
       var span = el("span", {cls: "tok" + (p === pos ? " tgt" : ""), text: text === "" ? "\u00a0" : text,
-                             title: JSON.stringify(D.tok[idx]) + " · " + lab + " " + (q || p === pos ? fmt(value, 3) : "0"),
-                             "data-q": q});
-      if (q) span.style.background = "rgba(" + rgb + "," + (0.12 + 0.78 * q / 99).toFixed(3) + ")";
+                             title: JSON.stringify(D.tok[idx]) + " · " + lab + " " + value, "data-q": q});
+      if (q) span.style.background = "rgba(" + rgb + "," + (0.12 + 0.78 * q / lv).toFixed(3) + ")";
       line.appendChild(span);
     }
     return line;
@@ -400,7 +399,7 @@
     box.appendChild(el("h3", {text: "Top FP contexts (FP shading beside " + D.configs[c] + " shading)"}));
     var list = el("div", {id: "fpctx"});
     block.f.forEach(function (e, k) {
-      var ce = comp[k] || [null, []];
+      var ce = comp[k] || [null, ""];
       list.appendChild(contextBox("#" + (k + 1) + " · context " + e[0] + ", position " + e[1] + " · FP " + fmt(e[2]) +
         " → compressed " + fmt(ce[0]), [tokenStrip("fp", e[0], e[1], e[3], block.s, e[2]),
                                          tokenStrip("comp", e[0], e[1], ce[1], block.s, ce[0])]));
@@ -410,6 +409,10 @@
     box.appendChild(el("h3", {text: "Top contexts under " + D.configs[c]}));
     var list2 = el("div", {id: "compctx"});
     top.forEach(function (e, k) {
+      if (e.length === 1) {  // the same position as FP top context e[0]
+        var fe = block.f[e[0]], ce = comp[e[0]] || [null, ""];
+        e = [fe[0], fe[1], ce[0], fe[2], ce[1], fe[3], 1];
+      }
       list2.appendChild(contextBox("#" + (k + 1) + " · context " + e[0] + ", position " + e[1] + " · compressed " +
         fmt(e[2]) + " · FP " + fmt(e[3]), [tokenStrip("comp", e[0], e[1], e[4], block.s, e[2]),
                                            tokenStrip("fp", e[0], e[1], e[5], block.s, e[3])], !e[6]));

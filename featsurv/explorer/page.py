@@ -7,8 +7,8 @@ data embedded as JSON (deflate-compressed and base64-encoded when large); it loa
 the network and works from ``file://``.
 
 Size: only active features get rows; numbers carry 4 significant digits; window activations
-are stored sparsely (non-zero positions only) and quantized to 1..99 of the feature's largest
-shown activation (exact values at the activating token are kept); the tokens of each context
+are quantized to one digit per token, 0 or 1..9 ninths of the feature's largest shown activation
+(exact values at the activating token are kept); the tokens of each context
 are stored once. Contexts are embedded for at most ``shown`` per feature and kind; when the
 page would exceed ``budget`` bytes, contexts are kept for the most damaged features first.
 """
@@ -25,6 +25,7 @@ from ..base import ReportSection
 
 EXPLORER_FILE = "explorer.html"
 SHOWN = 8  # contexts per feature and kind embedded in the page
+LEVELS = 9  # shading levels of window activations (the activating token's value is exact)
 BUDGET = 9_500_000  # bytes of the whole page
 PLAIN_LIMIT = 1_500_000  # raw JSON up to this size is embedded uncompressed
 BAND_CODE = {"survived": 0, "blurred": 1, "damaged": 2}
@@ -55,7 +56,7 @@ def load_contexts(run: Any) -> Any:
     if path is not None and (Path(path) / "contexts.parquet").is_file():
         import pandas as pd
 
-        return pd.read_parquet(Path(path) / "contexts.parquet")
+        return pd.read_parquet(Path(path) / "contexts.parquet", dtype_backend="pyarrow")
     return None
 
 
@@ -66,14 +67,45 @@ def neuronpedia_ids(summary: dict[str, Any]) -> dict[str, str]:
 
 
 def _stack(column: Any, width: int, fill: Any, dtype: Any) -> Any:
-    """A list column (one array per row) as a 2-D array ``[rows, width]``."""
+    """A list column (Arrow-backed, or one array per row) as a 2-D array ``[rows, width]``."""
     import numpy as np
+    import pandas as pd
+    import pyarrow as pa
 
+    if isinstance(getattr(column, "dtype", None), pd.ArrowDtype):
+        import pyarrow.compute as pc
+
+        arr = pa.chunked_array(column.array._pa_array).combine_chunks() if len(column) else None
+        if arr is not None and arr.null_count == 0 and (pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type)):
+            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            if (lengths == width).all():
+                values = arr.flatten().to_numpy(zero_copy_only=False)
+                return values.reshape(len(column), width).astype(dtype, copy=False)
+        column = column.to_numpy()
+    else:
+        column = column.to_numpy() if hasattr(column, "to_numpy") else column
+    try:
+        out = np.stack(column).astype(dtype) if len(column) else np.full((0, width), fill, dtype=dtype)
+        if out.shape == (len(column), width):
+            return out
+    except (ValueError, TypeError):
+        pass
     out = np.full((len(column), width), fill, dtype=dtype)
     for i, v in enumerate(column):
         if v is not None and len(v):
             out[i, :len(v)] = v
     return out
+
+
+def _round4(values: Any) -> list[Any]:
+    """4 significant digits, as a list (None for non-finite values)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(x) & (x != 0)
+    mag = np.where(ok, 10.0 ** (3 - np.floor(np.log10(np.abs(np.where(ok, x, 1.0))))), 1.0)
+    r = np.where(ok, np.round(x * mag) / mag, x)
+    return [None if not math.isfinite(v) else v for v in r.tolist()]
 
 
 class _Windows:
@@ -95,15 +127,14 @@ class _Windows:
         self.context = ctx["context"].to_numpy(np.int64)
         self.position = ctx["position"].to_numpy(np.int64)
         self.start = ctx["window_start"].to_numpy(np.int64)
-        self.fp_act = ctx["fp_act"].to_numpy(np.float64)
-        self.comp_act = ctx["compressed_act"].to_numpy(np.float64)
+        self.fp_act = _round4(ctx["fp_act"].to_numpy(np.float64))
+        self.comp_act = _round4(ctx["compressed_act"].to_numpy(np.float64))
         self.both = ctx["in_both"].to_numpy(bool)
         self.window = int((self.position - self.start)[0]) if len(ctx) else 0
         width = 2 * self.window + 1
-        self.ids = _stack(ctx["window_ids"].to_numpy(), width, -1, np.int64)
-        self.toks = _stack(ctx["window_tokens"].to_numpy(), width, "", object)
-        fpw = _stack(ctx["fp_window"].to_numpy(), width, np.nan, np.float64)
-        cw = _stack(ctx["compressed_window"].to_numpy(), width, np.nan, np.float64)
+        self.ids = _stack(ctx["window_ids"], width, -1, np.int64)
+        fpw = _stack(ctx["fp_window"], width, np.nan, np.float32)
+        cw = _stack(ctx["compressed_window"], width, np.nan, np.float32)
         fpw, cw = np.where(fpw > 0, fpw, 0.0), np.where(cw > 0, cw, 0.0)  # NaN (not kept) -> 0
         peak = np.maximum(fpw.max(axis=1, initial=0.0), cw.max(axis=1, initial=0.0))
         key = self.h * (1 << 32) + self.f
@@ -111,60 +142,82 @@ class _Windows:
         self.scale = np.where(scale > 0, scale, 1.0)
         self.sp_fp = self._sparse(fpw)
         self.sp_c = self._sparse(cw)
+        # the text of each token id, from its first occurrence
+        flat = self.ids.ravel()
+        seen = np.full(int(flat.max(initial=-1)) + 1, -1, dtype=np.int64)
+        valid = np.flatnonzero(flat >= 0)[::-1]
+        seen[flat[valid]] = valid  # reversed: the first occurrence is written last
+        uniq = np.flatnonzero(seen >= 0)
+        first = seen[uniq]
+        tokens = ctx["window_tokens"]
+        rows = first // width
+        sub = tokens.iloc[rows] if len(rows) else tokens.iloc[:0]
+        self.tok_ids = uniq
+        self.tok_strings = [str(list(t)[j]) for t, j in zip(sub.tolist(), (first % width).tolist())]
 
-    def _sparse(self, w: Any) -> list[list[int]]:
-        """Per row: [offset, q, offset, q, ...] over its positive values, q in 1..99."""
+    def _sparse(self, w: Any) -> list[str]:
+        """Per row: one digit per window position, 0 (not firing) or 1..LEVELS of the block's scale."""
         import numpy as np
 
-        q = np.where(w > 0, np.clip(np.rint(99 * w / self.scale[:, None]), 1, 99), 0).astype(np.int64)
-        rows, cols = np.nonzero(q)
-        pairs = np.column_stack([cols, q[rows, cols]])
-        bounds = np.searchsorted(rows, np.arange(len(q) + 1))
-        flat = pairs.ravel().tolist()
-        return [flat[2 * a:2 * b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+        q = np.where(w > 0, np.clip(np.ceil(LEVELS * w / self.scale[:, None]), 1, LEVELS), 0).astype(np.uint8)
+        text = (q + ord("0")).tobytes().decode("ascii")
+        width = q.shape[1] if q.ndim == 2 else 0
+        return [text[i:i + width] for i in range(0, len(text), width)] if width else [""] * len(q)
 
-    def blocks(self, n_configs: int) -> dict[str, tuple[dict[str, Any], list[int]]]:
-        """Per "hookIndex:feature": the embedded contexts and the rows they use."""
+    def blocks(self, n_configs: int) -> dict[str, tuple[str, list[int]]]:
+        """Per "hookIndex:feature": the embedded contexts (as JSON text) and the rows they use.
+
+        A block is ``{"s": scale, "f": [[ctx, pos, fp_act, fp_digits]...] (FP top, by rank),
+        "c": per configuration [[compressed_act, compressed_digits]...] aligned with "f",
+        "t": per configuration its own top: [ctx, pos, compressed_act, fp_act, compressed_digits,
+        fp_digits, in_both] or [j] for the shown FP entry j it shares}``; digits: one per window
+        position (see ``_sparse``).
+        """
         import numpy as np
 
         order = np.lexsort((self.rank, self.c, self.kind, self.f, self.h))
-        cols = [a.tolist() for a in (self.h, self.f, self.kind, self.c, self.context, self.position,
-                                      self.fp_act, self.comp_act, self.both, self.scale)]
+        h_, f_, kind_, c_ = self.h.tolist(), self.f.tolist(), self.kind.tolist(), self.c.tolist()
+        cx_, pos_, both_ = self.context.tolist(), self.position.tolist(), self.both.tolist()
+        scale_ = _round4(self.scale)
         blocks: dict[str, tuple[dict[str, Any], list[int]]] = {}
         fp_rows: dict[tuple[int, int], int] = {}
         first_conf = -1
         for i in order.tolist():
-            h, f, kind, c, cx, pos, fa, ca, both, scale = (col[i] for col in cols)
-            name = f"{h}:{f}"
+            name = f"{h_[i]}:{f_[i]}"
             entry = blocks.get(name)
+            c, spot = c_[i], (cx_[i], pos_[i])
             if entry is None:
-                entry = blocks[name] = ({"s": _g(scale), "f": [], "c": [None] * n_configs, "t": [None] * n_configs}, [])
-                fp_rows, first_conf = {}, c if kind == 0 else -1
+                entry = blocks[name] = ({"s": scale_[i], "f": [], "c": [None] * n_configs,
+                                         "t": [None] * n_configs}, [])
+                fp_rows, first_conf = {}, c if kind_[i] == 0 else -1
             block, rows = entry
-            if kind == 0:
+            if kind_[i] == 0:
                 if c == first_conf:
-                    fp_rows[(cx, pos)] = len(block["f"])
-                    block["f"].append([cx, pos, _g(fa), self.sp_fp[i]])
+                    fp_rows[spot] = len(block["f"])
+                    block["f"].append([spot[0], spot[1], self.fp_act[i], self.sp_fp[i]])
                     rows.append(i)
                 lst = block["c"][c]
                 if lst is None:
-                    lst = block["c"][c] = [None] * len(fp_rows)
-                slot = fp_rows.get((cx, pos))
+                    lst = block["c"][c] = []
+                slot = fp_rows.get(spot)
                 if slot is not None:
-                    if slot >= len(lst):
-                        lst.extend([None] * (slot + 1 - len(lst)))
-                    lst[slot] = [_g(ca), self.sp_c[i]]
+                    lst.extend([None] * (slot + 1 - len(lst)))
+                    lst[slot] = [self.comp_act[i], self.sp_c[i]]
             else:
                 if block["t"][c] is None:
                     block["t"][c] = []
-                block["t"][c].append([cx, pos, _g(ca), _g(fa), self.sp_c[i], self.sp_fp[i], 1 if both else 0])
-                rows.append(i)
-        return blocks
+                slot = fp_rows.get(spot) if both_[i] else None
+                if slot is not None:
+                    block["t"][c].append([slot])
+                else:
+                    block["t"][c].append([spot[0], spot[1], self.comp_act[i], self.fp_act[i], self.sp_c[i],
+                                          self.sp_fp[i], 1 if both_[i] else 0])
+                    rows.append(i)
+        return {k: (json.dumps(b, separators=(",", ":"), allow_nan=False), r) for k, (b, r) in blocks.items()}
 
     def tokens(self, rows: list[int]) -> tuple[list[str], dict[str, list[int]]]:
         """The token table and, per context used by ``rows``, its tokens from the first stored position."""
         import numpy as np
-        import pandas as pd
 
         if not rows:
             return [], {}
@@ -172,19 +225,23 @@ class _Windows:
         width = self.ids.shape[1]
         ctx = np.repeat(self.context[r], width)
         pos = (self.start[r][:, None] + np.arange(width)[None, :]).ravel()
-        ok = self.ids[r].ravel() >= 0
-        cells = pd.DataFrame({"ctx": ctx[ok], "pos": pos[ok], "tok": self.toks[r].ravel()[ok]})
-        cells = cells.drop_duplicates(["ctx", "pos"]).sort_values(["ctx", "pos"], kind="mergesort")
-        codes, strings = pd.factorize(cells["tok"], sort=False)
+        ids = self.ids[r].ravel()
+        ok = ids >= 0
+        ctx, pos, ids = ctx[ok], pos[ok], ids[ok]
+        used_ctx = np.unique(self.context[r])
+        row_of = np.searchsorted(used_ctx, ctx)
+        grid = np.full((len(used_ctx), int(pos.max()) + 1), -1, dtype=np.int64)  # O(contexts x positions)
+        grid[row_of, pos] = ids
+        present = np.unique(grid[grid >= 0])
+        strings = [self.tok_strings[j] for j in np.searchsorted(self.tok_ids, present).tolist()]
+        codes = np.where(grid >= 0, np.searchsorted(present, grid.clip(min=0)), -1)
         out: dict[str, list[int]] = {}
-        cx, ps = cells["ctx"].to_numpy(), cells["pos"].to_numpy()
-        bounds = np.flatnonzero(np.diff(cx)) + 1
-        for a, b in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(cx)].tolist()):
-            lo, hi = int(ps[a]), int(ps[b - 1])
-            line = np.full(hi - lo + 1, -1, dtype=np.int64)
-            line[ps[a:b] - lo] = codes[a:b]
-            out[str(int(cx[a]))] = [lo] + line.tolist()
-        return [str(t) for t in strings], out
+        has = grid >= 0
+        lo = has.argmax(axis=1)
+        hi = grid.shape[1] - 1 - has[:, ::-1].argmax(axis=1)
+        for i, c in enumerate(used_ctx.tolist()):
+            out[str(c)] = [int(lo[i])] + codes[i, lo[i]:hi[i] + 1].tolist()
+        return strings, out
 
 
 def _feature_rows(features: Any, hooks: list[str], configs: list[str]) -> list[dict[str, Any]]:
@@ -263,12 +320,23 @@ def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tupl
         "has_contexts": windows is not None,
         "shown": shown,
         "window": windows.window if windows is not None else 0,
+        "levels": LEVELS,
     }
     return data, windows
 
 
-def _encode(data: dict[str, Any]) -> tuple[str, str]:
-    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def _estimate(raw: str, chunk: int = 131072, samples: int = 8) -> float:
+    """Estimated page bytes of ``raw`` once encoded (compressing evenly spaced samples only)."""
+    n = len(raw)
+    if n <= PLAIN_LIMIT:
+        return float(n)
+    step = max(chunk, n // samples)
+    parts = [raw[i:i + chunk].encode("utf-8") for i in range(0, n, step)]
+    ratio = sum(len(zlib.compress(p, 6)) for p in parts) / max(1, sum(len(p) for p in parts))
+    return n * ratio * 4 / 3 + 60_000
+
+
+def _encode(raw: str) -> tuple[str, str]:
     if len(raw.encode("utf-8")) <= PLAIN_LIMIT:
         return "json", raw.replace("<", "\\u003c")
     return "deflate-base64", base64.b64encode(zlib.compress(raw.encode("utf-8"), 6)).decode("ascii")
@@ -299,18 +367,32 @@ def build_explorer(run: Any, contexts: Any = None, *, shown: int = SHOWN, budget
     watched = {(w[0], w[1]) for w in data["watched"]}
     prio = _priority(data["feats"], watched)
     keys = sorted((k for k in blocks if k in prio), key=lambda k: (prio[k], k))  # active features only
+    sizes = [len(blocks[k][0]) for k in keys]
     n = len(keys)
-    while True:
+    for attempt in range(8):
+        last = attempt == 7 or n == 0
         chosen = keys[:n]
-        data["cx"] = {k: blocks[k][0] for k in chosen}
-        data["tok"], data["ctx"] = windows.tokens([i for k in chosen for i in blocks[k][1]]) if windows else ([], {})
-        data["n_cx"], data["n_cx_total"] = n, len(keys)
-        enc = _encode(data)
-        page = _render(enc, title)
-        size = len(page.encode("utf-8"))
-        if size <= budget or n == 0:
-            break
-        n = max(0, min(n - 1, int(n * budget / size * 0.95)))
+        tok, ctx = windows.tokens([i for k in chosen for i in blocks[k][1]]) if windows else ([], {})
+        data.update({"n_cx": n, "n_cx_total": len(keys), "tok": tok, "ctx": ctx})
+        head = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        raw = head[:-1] + ',"cx":{' + ",".join(f'"{k}":{blocks[k][0]}' for k in chosen) + "}}"
+        estimate = _estimate(raw)
+        if estimate > budget and not last:  # shrink before compressing it all
+            ratio = estimate / max(1, len(raw))
+        else:
+            enc = _encode(raw)
+            page = _render(enc, title)
+            size = len(page.encode("utf-8"))
+            if size <= budget or last:
+                break
+            ratio = size / max(1, len(raw))
+        # keep the most damaged features: as many blocks as the measured bytes per raw byte allow
+        allowed = (budget * 0.97 / ratio) - (len(raw) - sum(sizes[:n]))
+        cum, m = 0, 0
+        while m < n and cum + sizes[m] + 8 <= allowed:
+            cum += sizes[m] + 8
+            m += 1
+        n = min(m, n - 1)
     facts = {"bytes": size, "features": sum(len(e["id"]) for e in data["feats"]), "contexts_features": n,
              "contexts_features_total": len(keys), "encoding": enc[0]}
     return page, facts
