@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml plugins/featsurv-torchao/pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/featsurv compare rtn magnitude --predict --out featsurv-runs/demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/featsurv compare rtn pruning --predict --out featsurv-runs/demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests plugins/featsurv-torchao/tests

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from .base import (
     Batch,
+    Column,
     Compressor,
     DatasetSource,
     FeatureAccumulator,
     FeatureResult,
+    FPAccumulator,
     LoadedModel,
     LoadedSAE,
     Metric,
     ModelAccumulator,
     ModelAdapter,
+    ReportSection,
     SAESource,
     WeightTarget,
 )
@@ -22,7 +25,7 @@ from .params import Param
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Compressor", "DatasetSource", "FeatureAccumulator", "FeatureResult", "FeatsurvError",
+    "Batch", "Column", "Compressor", "FPAccumulator", "ReportSection", "DatasetSource", "FeatureAccumulator", "FeatureResult", "FeatsurvError",
     "LoadedModel", "LoadedSAE", "Metric", "ModelAccumulator", "ModelAdapter", "Param",
     "SAESource", "WeightTarget", "hookimpl", "__version__",
 ]

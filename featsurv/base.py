@@ -349,6 +349,22 @@ class Metric(ABC):
     options: ClassVar[tuple[Param, ...]] = ()
     #: Where ``analyze``'s result goes in summary.json (default: ``name``).
     summary_key: ClassVar[str | None] = None
+    #: Metrics run (and add their summary fields and columns) in ascending order, then by name.
+    order: ClassVar[int] = 50
+    #: Prefix of this metric's per-feature columns in features.parquet (None: ``"<name>."``).
+    feature_prefix: ClassVar[str | None] = None
+    #: Set when ``match_value`` gives the model-level value `featsurv compare` matches (a label
+    #: for messages, e.g. ``perplexity``); the first metric in order that sets it is used.
+    match_label: ClassVar[str | None] = None
+
+    def match_value(self, model_result: Any) -> float | None:
+        """The value `compare` matches, from what this metric measured on one configuration."""
+        return None
+
+    def baseline(self, fp: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        """Fields for summary.json's ``baseline`` after the FP pass (``fp.model_metrics``: each
+        metric's FP result; ``fp.hooks``: hook point -> state with ``sae`` and ``fp_stats``)."""
+        return None
 
     def setup(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         return None
@@ -380,6 +396,14 @@ class Metric(ABC):
         return None
 
     def columns(self) -> list[Column]:
+        return []
+
+    def row_flags(self, entry: dict[str, Any]) -> list[str]:
+        """Short warnings for one summary entry (the row is highlighted, e.g. a damage flag)."""
+        return []
+
+    def row_notes(self, entry: dict[str, Any]) -> list[str]:
+        """Lines printed under an entry's row in the CLI table (e.g. a confidence interval)."""
         return []
 
     def text(self, summary: dict[str, Any]) -> list[str]:

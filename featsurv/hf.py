@@ -1,7 +1,10 @@
 """A model adapter for Hugging Face decoder-only models, configured by module paths.
 
-Built-in adapters (GPT-NeoX, Gemma-2, generic ``model.layers``) are small subclasses that name
-their modules; an adapter for a new family usually needs only the same few attributes.
+Built-in adapters (GPT-NeoX, Gemma-2, GPT-2, generic ``model.layers``) are small subclasses that
+name their modules; an adapter for a new family usually needs only the same few attributes.
+Compressors see every weight as a 2-D ``[out, in]`` tensor: an ``nn.Linear`` weight as it is, a
+transformers ``Conv1D`` weight (stored ``[in, out]``) as a transposed view (``conv1d_targets``);
+any other module is refused rather than compressed along the wrong dimension.
 """
 from __future__ import annotations
 
@@ -49,6 +52,67 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
+ADAPTERS_DOC = "docs/plugins/adapters.md"
+
+
+def is_linear(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear)
+
+
+def is_conv1d(module: Any) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D`` (GPT-2, OpenAI GPT): a linear map whose weight is ``[in, out]``."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(module, Conv1D)
+
+
+def conv1d_view(module: Any, columns: slice | None = None) -> Any:
+    """A 2-D ``[out, in]`` view of a ``Conv1D`` weight (stored ``[in, out]``), optionally of some output
+    columns. It shares the parameter's storage, so a compressor that changes it in place changes the model."""
+    w = module.weight.detach()
+    return (w if columns is None else w[:, columns]).T
+
+
+def unsupported_weight(adapter: str, name: str, module: Any) -> FeatsurvError:
+    """The refusal for a compressible module whose weight layout the adapter does not declare."""
+    kind = type(module).__name__
+    shape = tuple(getattr(getattr(module, "weight", None), "shape", ()) or ())
+    if is_conv1d(module):
+        why = (f"transformers' Conv1D stores its weight transposed, as [in, out] (here {list(shape)}), so rtn's "
+               "per-channel and group scales would run along the input dimension")
+        hint = ("For GPT-2 use the built-in adapter (--adapter gpt2); for another Conv1D family write an adapter "
+                "whose block_targets returns featsurv.hf.conv1d_targets(...) (fused c_attn split into q, k, v), "
+                f"see {ADAPTERS_DOC}")
+    else:
+        why = ("featsurv hands compressors nn.Linear weights ([out, in]) unless the adapter declares another "
+               f"layout; this module's weight has shape {list(shape)}")
+        hint = (f"Write an adapter whose block_targets gives a 2-D [out, in] view (tensor=) or a copy with "
+                f"write_back= for this module, see {ADAPTERS_DOC}")
+    return FeatsurvError(
+        f"Adapter {adapter!r} cannot compress {name!r}: it is a {kind}, not a torch.nn.Linear ({why})",
+        allowed="torch.nn.Linear, or a layout the adapter declares in block_targets", hint=hint)
+
+
+def conv1d_targets(adapter: "HFDecoderAdapter", model: Any, name: str, module: Any, role: str,
+                   layer: int | None) -> list[WeightTarget]:
+    """Targets for a ``Conv1D``: one transposed ``[out, in]`` view, or for role ``qkv`` (output columns laid out
+    ``[Q (all heads) | K | V]``, as GPT-2's ``c_attn``) three views ``q``, ``k``, ``v``."""
+    if role != "qkv":
+        return [WeightTarget(name, module, role, layer, adapter.head_layout(model, role), tensor=conv1d_view(module))]
+    n_out = module.weight.shape[1]
+    if n_out % 3:
+        raise FeatsurvError(f"Fused {name!r} has {n_out} output columns, not three equal parts Q, K, V",
+                            hint=f"Map it with block_targets in the adapter ({ADAPTERS_DOC})")
+    d = n_out // 3
+    return [WeightTarget(f"{name}[{part}]", module, part, layer, adapter.head_layout(model, part),
+                         tensor=conv1d_view(module, slice(i * d, (i + 1) * d)))
+            for i, part in enumerate(("q", "k", "v"))]
+
+
 class HFDecoderAdapter(ModelAdapter):
     """Maps a Hugging Face decoder-only model given the paths of its modules."""
 
@@ -57,7 +121,8 @@ class HFDecoderAdapter(ModelAdapter):
     #: module inside a block whose output is ``hook_attn_out`` / ``hook_mlp_out``
     attn_out_module: ClassVar[str] = "self_attn"
     mlp_out_module: ClassVar[str] = "mlp"
-    #: linear layers inside a block -> role (q, k, v, qkv, o, mlp_in, mlp_gate, mlp_out)
+    #: weight modules inside a block -> role (q, k, v, qkv, o, mlp_in, mlp_gate, mlp_out); each must be an
+    #: ``nn.Linear`` unless ``block_targets`` is overridden to declare its layout
     block_weights: ClassVar[dict[str, str]] = {
         "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v",
         "self_attn.o_proj": "o", "mlp.gate_proj": "mlp_gate", "mlp.up_proj": "mlp_in",
@@ -113,7 +178,18 @@ class HFDecoderAdapter(ModelAdapter):
             return (n_heads, 3, d_head)
         return None
 
+    def block_targets(self, model: Any, name: str, module: Any, role: str, layer: int) -> list[WeightTarget]:
+        """The targets for one ``block_weights`` entry (``name`` is its path from the model).
+
+        Default: an ``nn.Linear`` as it is; anything else is refused with a FeatsurvError. Override
+        this to declare another layout (see ``conv1d_targets`` and docs/plugins/adapters.md)."""
+        if not is_linear(module):
+            raise unsupported_weight(self.name, name, module)
+        return [WeightTarget(name, module, role, layer, self.head_layout(model, role))]
+
     def compressible_weights(self, model: Any, scope: Sequence[str] = ("attn", "mlp")) -> list[WeightTarget]:
+        import torch
+
         bad = set(scope) - {"attn", "mlp", "embed", "lm_head"}
         if bad:
             raise FeatsurvError(f"Unknown weight scope {sorted(bad)!r}", allowed=["attn", "mlp", "embed", "lm_head"])
@@ -121,15 +197,16 @@ class HFDecoderAdapter(ModelAdapter):
         names = {id(m): n for n, m in model.named_modules()}
         if "embed" in scope:
             embed = model.get_input_embeddings()
+            if not isinstance(embed, (torch.nn.Embedding, torch.nn.Linear)):
+                raise unsupported_weight(self.name, names.get(id(embed), "embed"), embed)
             targets.append(WeightTarget(names.get(id(embed), "embed"), embed, "embed"))
         for i, block in enumerate(self.layers(model)):
             for path, role in self.block_weights.items():
                 group = "mlp" if role.startswith("mlp") else "attn"
                 if group not in scope:
                     continue
-                module = get_path(block, path)
-                targets.append(WeightTarget(f"{self.layers_path}.{i}.{path}", module, role, i,
-                                            self.head_layout(model, role)))
+                targets.extend(self.block_targets(model, f"{self.layers_path}.{i}.{path}", get_path(block, path),
+                                                  role, i))
         if "lm_head" in scope:
             head = model.get_output_embeddings()
             tied = head is not None and head.weight is model.get_input_embeddings().weight
@@ -138,6 +215,8 @@ class HFDecoderAdapter(ModelAdapter):
                     "This model's LM head is tied to its input embedding, so --scope lm_head would compress "
                     "the embedding too", hint="Pass --scope with both embed and lm_head, or neither")
             if head is not None and not tied:
+                if not is_linear(head):
+                    raise unsupported_weight(self.name, names.get(id(head), "lm_head"), head)
                 targets.append(WeightTarget(names.get(id(head), "lm_head"), head, "lm_head"))
         return targets
 

@@ -78,13 +78,14 @@ class Param:
             raise FeatsurvError(
                 f"Bad value {raw!r} for parameter {self.name!r}{where}" + (f": {extra}" if extra else ""),
                 allowed=self.allowed(),
-                hint="Fix the -p option and run the command again",
+                hint=("Fix the metric option (--metric-option or its flag) and run the command again"
+                      if owner.startswith("metric") else "Fix the -p option and run the command again"),
             )
         return value
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, list[str]]:
-    """Parse ``["bits=8,7", "granularity=channel"]`` into ``{"bits": ["8", "7"], ...}``."""
+    """Parse ``["b=8,7", "granularity=channel"]`` into ``{"b": ["8", "7"], ...}``."""
     out: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")

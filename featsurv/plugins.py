@@ -112,15 +112,31 @@ class Registry:
         try:
             self.pm.register(module, name=name)
             self.pm.check_pending()
-            for kind, (hook, _, _) in KIND_SPECS.items():
-                for impl in getattr(self.pm.hook, hook).get_hookimpls():
-                    if impl.plugin_name == name:
-                        impl.function(register=self.make_register(kind, name))
-        except FeatsurvError:
-            raise
         except Exception as exc:  # a broken plugin must not take the host down
             self.remove_plugin(name)
             _plugin_failed(name, distribution, exc)
+            return
+        for kind, (hook, _, _) in KIND_SPECS.items():
+            if not self.call_plugin(name, hook, register=self.make_register(kind, name)):
+                self.remove_plugin(name)
+                return
+
+    def call_plugin(self, name: str, hook: str, **kwargs: Any) -> bool:
+        """The one path into a plugin's hook implementation: call plugin ``name``'s ``hook``
+        (if it has one) with ``kwargs``, attributing any failure to it. Returns False when it
+        failed (a warning naming the plugin and its distribution; FEATSURV_STRICT_PLUGINS=1
+        re-raises). A FeatsurvError (e.g. a duplicate name) is the user's to see and propagates."""
+        info = self.plugins.get(name)
+        try:
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                if impl.plugin_name == name:
+                    impl.function(**kwargs)
+        except FeatsurvError:
+            raise
+        except Exception as exc:
+            _plugin_failed(name, info.distribution if info else "?", exc)
+            return False
+        return True
 
     def remove_plugin(self, name: str) -> None:
         info = self.plugins.pop(name, None)

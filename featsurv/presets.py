@@ -1,6 +1,7 @@
-"""Declarative presets from registry/*.toml: known model/SAE pairings and named recipes.
+"""Declarative presets (the ``featsurv_registry`` package, folder registry/): known model/SAE pairings and recipes.
 
-A preset fills in every audit option a user did not give. Paths written ``featsurv:REL`` point
+A preset fills in every audit option a user did not give; ``[metrics.NAME]`` tables set metric
+options (validated against what each metric declares when the run starts). Paths written ``featsurv:REL`` point
 into the installed package's data folder, so presets work after a non-editable install.
 """
 from __future__ import annotations
@@ -19,8 +20,7 @@ OPTION_KEYS = {
     "exclude_special": "exclude_special", "join": "join", "batch_size": "batch_size", "scope": "scope",
     "min_explained_variance": "min_explained_variance", "center_activations": "center_activations",
 }
-PERPLEXITY_KEYS = {"mode": "perplexity_mode", "window": "ppl_window", "stride": "ppl_stride"}
-KNOWN_TABLES = {"perplexity", "audit", "compare", "published"}
+KNOWN_TABLES = {"metrics", "audit", "compare", "published"}
 META_KEYS = {"name", "description", "default", "reference"}
 
 
@@ -47,10 +47,11 @@ def _parse(name: str, data: dict[str, Any]) -> Preset:
     options = {OPTION_KEYS[k]: v for k, v in data.items() if k in OPTION_KEYS}
     if "scope" in options:
         options["scope"] = tuple(options["scope"])
-    for k, v in data.get("perplexity", {}).items():
-        if k not in PERPLEXITY_KEYS:
-            raise FeatsurvError(f"Preset {name!r}: unknown perplexity key {k!r}", allowed=list(PERPLEXITY_KEYS))
-        options[PERPLEXITY_KEYS[k]] = v
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+        raise FeatsurvError(f"Preset {name!r}: [metrics.NAME] tables must hold metric options")
+    if metrics:
+        options["metric_options"] = {m: dict(v) for m, v in metrics.items()}
     return Preset(data.get("name", name), data["description"], options, data.get("audit", {}),
                   data.get("compare", {}), data.get("published", {}), bool(data.get("default", False)),
                   data.get("reference", ""))

@@ -44,12 +44,17 @@ def dumps(obj: Any) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write one text file atomically (temp file in the same folder, then rename)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write one file atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:

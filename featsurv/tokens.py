@@ -37,6 +37,17 @@ class TokenSet:
     def n_batches(self, batch_size: int) -> int:
         return -(-self.n_contexts // batch_size)
 
+    def split(self, n_contexts: int) -> tuple["TokenSet", "TokenSet"]:
+        """The first ``n_contexts`` contexts and the rest: two disjoint token sets."""
+        per_ctx = self.context - 1 if self.prepend_bos else self.context
+        cut = n_contexts * per_ctx
+
+        def part(rows: slice, stream: Any) -> "TokenSet":
+            return TokenSet(self.contexts[rows], self.keep[rows], stream, self.context, self.prepend_bos,
+                            self.bos_id, self.dataset)
+
+        return part(slice(0, n_contexts), self.stream[:cut]), part(slice(n_contexts, None), self.stream[cut:])
+
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]

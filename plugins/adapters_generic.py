@@ -2,6 +2,10 @@
 
 Used for any model type that no specific adapter claims, when its modules have the Llama names
 (self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj): Llama, Mistral, Qwen2, Qwen3, ...
+
+It hands compressors ``nn.Linear`` weights only: a block weight of any other kind (GPT-2's transposed
+``Conv1D``, a packed or per-head tensor) stops the run with a FeatsurvError naming the module and the
+adapter to write (``HFDecoderAdapter.block_targets``), so nothing is quantized along the wrong axis.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from featsurv import Compressor, FeatsurvError, Param, WeightTarget, hookimpl
 
+ARITHS = ("fp32", "native")
 GRANULARITIES = "channel, tensor, group:G (G input weights per scale), tl (TransformerLens layout)"
 
 
@@ -19,18 +20,26 @@ def _check_granularity(value: str) -> str | None:
 
 
 def quantize_dequantize(w: Any, bits: int, symmetric: bool = True, granularity: str = "channel",
-                        head_layout: tuple[int, int, int] | None = None) -> Any:
-    """Return ``w`` rounded to a ``bits``-bit grid, in float32, same shape.
+                        head_layout: tuple[int, int, int] | None = None, arith: str = "fp32") -> Any:
+    """Return ``w`` rounded to a ``bits``-bit grid, same shape: in float32 (``arith="fp32"``), or
+    computed step by step in ``w``'s own dtype (``arith="native"``, the reference study's code).
 
     Symmetric: ``scale = max|w| / (2^(b-1) - 1)``, no zero point. Asymmetric:
     ``scale = (max - min) / (2^b - 1)`` with an integer zero point, the range widened to include 0. The max/min run over the
     elements that share a scale: the whole tensor, each output row (channel), each group of G
     consecutive input weights of a row, or (``tl``) TransformerLens's layout, where q/k/v rows laid
     out as ``(n_heads, n_parts, d_head)`` share one scale per (part, d_head index) across heads.
+
+    ``native``: the scale, ``w / scale``, the rounding and ``q * scale`` are each rounded to the
+    weight's dtype (bf16 for Gemma), and symmetric codes are clamped to ``[-2^(b-1), 2^(b-1) - 1]``
+    as the reference's code did (in bf16 the rounded scale can put the most negative weight one code
+    below ``-qmax``). For float32 weights both modes give the same result.
     """
     import torch
 
-    x = w.detach().to(torch.float32)
+    if arith not in ARITHS:
+        raise FeatsurvError(f"Unknown RTN arithmetic {arith!r}", allowed=ARITHS)
+    x = w.detach() if arith == "native" else w.detach().to(torch.float32)
     shape = x.shape
     if x.ndim != 2:
         x = x.reshape(shape[0], -1)
@@ -52,7 +61,7 @@ def quantize_dequantize(w: Any, bits: int, symmetric: bool = True, granularity: 
         qmax = 2 ** (bits - 1) - 1
         scale = view.abs().amax(dim=dims, keepdim=True) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        q = torch.clamp(torch.round(view / scale), -qmax, qmax)
+        q = torch.clamp(torch.round(view / scale), -qmax - (arith == "native"), qmax)
         out = q * scale
     else:
         levels = 2 ** bits - 1
@@ -75,6 +84,8 @@ class RTN(Compressor):
         Param("bits", int, 8, "bit-width", minimum=2, maximum=16),
         Param("symmetric", bool, True, "absmax without zero point (false: min/max with zero point)"),
         Param("granularity", str, "channel", f"scale sharing: {GRANULARITIES}", check=_check_granularity),
+        Param("arith", str, "fp32", "arithmetic: fp32 (quantize in float32, cast back) or native (every step "
+              "in the weight's dtype, e.g. bf16, as the reference study did)", choices=ARITHS),
     )
     knob = "bits"
     knob_range = (2, 8)
@@ -82,7 +93,7 @@ class RTN(Compressor):
     compare_default = {"bits": 6}
 
     def label(self, params: dict[str, Any]) -> str:
-        extra = [f"{k}={params[k]}" for k in ("symmetric", "granularity")
+        extra = [f"{k}={params[k]}" for k in ("symmetric", "granularity", "arith")
                  if k in params and params[k] != dict((p.name, p.default) for p in self.params)[k]]
         return " ".join([f"rtn int{params['bits']}", *extra])
 
@@ -92,7 +103,8 @@ class RTN(Compressor):
         with torch.no_grad():
             for t in targets:
                 w = t.weight
-                deq = quantize_dequantize(w, params["bits"], params["symmetric"], params["granularity"], t.head_layout)
+                deq = quantize_dequantize(w, params["bits"], params["symmetric"], params["granularity"], t.head_layout,
+                                          params.get("arith", "fp32"))
                 w.copy_(deq.to(w.dtype))
 
 

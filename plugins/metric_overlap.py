@@ -21,7 +21,7 @@ import itertools
 import warnings
 from typing import Any
 
-from featsurv import FeatsurvError, Metric, hookimpl
+from featsurv import FeatsurvError, Metric, Param, hookimpl
 
 
 def _jaccard(a: Any, b: Any) -> tuple[float, int, int]:
@@ -83,9 +83,17 @@ def overlap_stats(r_a: Any, r_b: Any, survived_above: float = 0.9, damaged_below
     }
 
 
+def thresholds(metric_options: dict[str, Any] | None) -> tuple[float, float]:
+    """The survival metric's band thresholds of a run (its defaults when absent)."""
+    from .metric_survival import DAMAGED_BELOW, SURVIVED_ABOVE
+
+    opts = (metric_options or {}).get("survival") or {}
+    return float(opts.get("survived_above", SURVIVED_ABOVE)), float(opts.get("damaged_below", DAMAGED_BELOW))
+
+
 def _thresholds(run: Any) -> tuple[float, float]:
-    opts = (run.summary or {}).get("options", {}) or {}
-    return float(opts.get("survived_above", 0.9)), float(opts.get("damaged_below", 0.5))
+    summary = run.summary or {}
+    return thresholds(summary.get("metric_options") or {"survival": summary.get("options") or {}})
 
 
 def labels_of(run: Any) -> list[str]:
@@ -132,8 +140,8 @@ def aligned_r(run: Any, label_a: str, label_b: str, hook: str | None = None) -> 
 def overlap_between(run: Any, label_a: str, label_b: str, hook: str | None = None) -> dict[str, Any]:
     """Overlap statistics of two configurations of a RunResult, over their active features.
 
-    ``hook`` may be omitted when the two share exactly one hook. The bands' thresholds come from
-    ``summary["options"]`` (``survived_above``, ``damaged_below``; 0.9 and 0.5 by default).
+    ``hook`` may be omitted when the two share exactly one hook. The bands' thresholds are the
+    survival metric's options of the run (``survived_above``, ``damaged_below``; 0.9 and 0.5 by default).
     Returns ``{"a", "b", "hook", **overlap_stats(...)}``.
     """
     table, hook = aligned_r(run, label_a, label_b, hook)
@@ -162,19 +170,31 @@ def format_overlap(res: dict[str, Any]) -> str:
 class Overlap(Metric):
     name = "overlap"
     description = "Jaccard overlap of non-survived/damaged features and damage-score correlation between configurations"
-    default = False
+    order = 70
+    options = (
+        Param("pairs", str, "", "also store the overlap of these configuration pairs in summary.json: "
+              "'A|B;C|D' by label, or 'all' (featsurv compare always compares its two)"),
+    )
 
-    def compare(self, r_a: Any, r_b: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+    def compare(self, a: dict[str, Any], b: dict[str, Any], options: dict[str, Any]) -> dict[str, Any] | None:
         """Used by `featsurv compare`: overlap of the two configurations over the active features."""
-        return overlap_stats(r_a, r_b, options.get("survived_above", 0.9), options.get("damaged_below", 0.5))
+        ra, rb = a.get("survival"), b.get("survival")
+        if ra is None or rb is None:
+            return None
+        active = ra.per_feature["active"]
+        s_above, d_below = thresholds(options.get("metric_options"))
+        return overlap_stats(ra.per_feature["r"][active], rb.per_feature["r"][active], s_above, d_below)
 
     def analyze(self, run: Any, options: dict[str, Any]) -> dict[str, Any] | None:
-        """Overlap for ``options["overlap_pairs"]`` ([(label_a, label_b), ...]) or, by default,
-        every pair of configurations, per shared hook; keyed ``"<a> vs <b> @ <hook>"``."""
+        """Overlap of the pairs named by the ``pairs`` option, per shared hook point;
+        keyed ``"<a> vs <b> @ <hook>"``. Nothing when ``pairs`` is empty."""
         df = run.features
-        if df is None or len(df) == 0:
+        if not options.get("pairs") or df is None or len(df) == 0:
             return None
-        pairs = options.get("overlap_pairs") or list(itertools.combinations(labels_of(run), 2))
+        if options["pairs"] == "all":
+            pairs = list(itertools.combinations(labels_of(run), 2))
+        else:
+            pairs = [tuple(p.split("|", 1)) for p in options["pairs"].split(";") if "|" in p]
         hooks = list(dict.fromkeys(df["hook"].astype(str))) if "hook" in df.columns else [None]
         out: dict[str, Any] = {}
         for a, b in pairs:
@@ -187,7 +207,25 @@ class Overlap(Metric):
                 out[f"{a} vs {b}" + (f" @ {res['hook']}" if res["hook"] else "")] = res
         return out
 
+    def text(self, summary: dict[str, Any]) -> list[str]:
+        from .overlap_report import comparison_lines
+
+        return comparison_lines(summary.get("comparisons") or [])
+
+    def report_sections(self, run: Any) -> list[Any]:
+        from .overlap_report import report_section
+
+        section = report_section(run)
+        return [section] if section else []
+
 
 @hookimpl
 def register_metrics(register):
     register(Overlap())
+
+
+@hookimpl
+def register_commands(cli):
+    from .overlap_command import overlap_cmd
+
+    cli.add_command(overlap_cmd)

@@ -9,15 +9,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from featsurv import FeatsurvError, LoadedModel, Metric, ModelAccumulator, hookimpl
+from featsurv import Column, FeatsurvError, LoadedModel, Metric, ModelAccumulator, Param, hookimpl
 
 MODES = ("window", "sliding")
+AVERAGING = ("token", "batch")
 
 
 class WindowNLL(ModelAccumulator):
-    def __init__(self) -> None:
+    def __init__(self, averaging: str = "token") -> None:
+        self.averaging = averaging
         self.nll = 0.0
         self.count = 0
+        self.batch_means: list[float] = []
 
     def update(self, logits, input_ids) -> None:
         import torch.nn.functional as F
@@ -27,10 +30,14 @@ class WindowNLL(ModelAccumulator):
         loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
         self.nll += float(loss)
         self.count += target.numel()
+        self.batch_means.append(float(loss) / max(target.numel(), 1))
 
     def result(self) -> dict[str, Any]:
-        return {"perplexity": math.exp(self.nll / self.count) if self.count else float("nan"),
-                "nll": self.nll / max(self.count, 1), "n_predicted": self.count}
+        if self.averaging == "batch":
+            nll = sum(self.batch_means) / len(self.batch_means) if self.batch_means else 0.0
+        else:
+            nll = self.nll / max(self.count, 1)
+        return {"perplexity": math.exp(nll) if self.count else float("nan"), "nll": nll, "n_predicted": self.count}
 
 
 def sliding_perplexity(model: Any, stream: Any, window: int, stride: int, bos_id: int | None = None,
@@ -66,27 +73,65 @@ def sliding_perplexity(model: Any, stream: Any, window: int, stride: int, bos_id
 class Perplexity(Metric):
     name = "perplexity"
     description = "Perplexity on the audit tokens: window (same pass) or sliding (window W, stride S)"
+    order = 10
+    match_label = "perplexity"
+    options = (
+        Param("mode", str, "window", "window: the audit contexts; sliding: window W, stride S over the stream",
+              choices=MODES, flag="perplexity"),
+        Param("window", int, None, "sliding window (default min(2048, the model's positions))", minimum=2,
+              flag="ppl-window"),
+        Param("stride", int, None, "sliding stride (default window / 4)", minimum=1, flag="ppl-stride"),
+        Param("averaging", str, "token", "token: exp of the mean NLL over all tokens; batch: exp of the mean of "
+              "per-batch mean NLLs (the reference study's loop)", choices=AVERAGING),
+    )
 
-    def _mode(self, options: dict[str, Any]) -> str:
-        mode = options.get("perplexity_mode", "window")
-        if mode not in MODES:
-            raise FeatsurvError(f"Unknown perplexity mode {mode!r}", allowed=MODES)
-        return mode
-
-    def model_accumulator(self, options: dict[str, Any]) -> ModelAccumulator | None:
-        return WindowNLL() if self._mode(options) == "window" else None
-
-    def evaluate(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
-        if self._mode(options) != "sliding":
+    def setup(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        if options["mode"] != "sliding":
             return None
-        window = int(options.get("ppl_window") or 2048)
-        stride = int(options.get("ppl_stride") or max(1, window // 4))
-        if not 0 < stride <= window:
+        max_pos = model.adapter.max_positions(model.model)
+        window = options["window"] or min(2048, max_pos or 2048)
+        stride = options["stride"] or max(1, window // 4)
+        if max_pos and window > max_pos:
+            raise FeatsurvError(f"Sliding perplexity window {window} exceeds the {max_pos} positions of the model",
+                                hint=f"Pass --ppl-window {max_pos} or less")
+        if stride > window:
             raise FeatsurvError(f"Bad sliding perplexity stride {stride} for window {window}",
                                 allowed="0 < stride <= window")
-        return sliding_perplexity(model.model, tokens.stream, window, stride,
+        return {"window": window, "stride": stride}
+
+    def model_accumulator(self, options: dict[str, Any]) -> ModelAccumulator | None:
+        return WindowNLL(options["averaging"]) if options["mode"] == "window" else None
+
+    def evaluate(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        if options["mode"] != "sliding":
+            return None
+        return sliding_perplexity(model.model, tokens.stream, options["window"], options["stride"],
                                   tokens.bos_id if tokens.prepend_bos else None, model.device,
                                   model.adapter.forward)
+
+    def match_value(self, model_result: Any) -> float | None:
+        return None if model_result is None else float(model_result["perplexity"])
+
+    def baseline(self, fp: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        res = fp.model_metrics.get(self.name)
+        if res is None:
+            return None
+        ppl = res["perplexity"]
+        if not math.isfinite(ppl):
+            raise FeatsurvError(f"The FP model's perplexity is {ppl} (not finite): a NaN or inf in its weights or "
+                                "logits makes every comparison against it meaningless",
+                                hint="Check the model's weights (e.g. the LM head), or load it in float32")
+        return {"perplexity": ppl, "perplexity_mode": options["mode"]}
+
+    def entry(self, entry, outcome, baseline, options):
+        res = outcome.model_metrics.get(self.name)
+        if res is None:
+            return None
+        ppl, base = float(res["perplexity"]), baseline.get("perplexity")
+        return {"perplexity": ppl, "perplexity_change": (ppl / base - 1.0) if base else float("nan")}
+
+    def columns(self) -> list[Column]:
+        return [Column("perplexity", "ppl", "num"), Column("perplexity_change", "Δppl", "signed_pct", 8)]
 
 
 @hookimpl

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from featsurv import Metric, hookimpl
+from featsurv import Metric, Param, hookimpl
 
 CORE_STATISTICS = ("rarity", "log_mean_act", "log_peak_act", "log_concentration")
 OPTIONAL_STATISTICS = ("decoder_norm", "encoder_norm", "encoder_bias", "threshold")
@@ -35,7 +35,10 @@ MODELS = ("logistic", "lightgbm")
 ROC_POINTS = 101
 
 
-def feature_statistics(df: Any) -> tuple[Any, dict[str, str]]:
+STATISTIC_SETS = ("all", "core")
+
+
+def feature_statistics(df: Any, statistics: str = "all") -> tuple[Any, dict[str, str]]:
     """The predictor statistics of the rows of ``df`` (a DataFrame) and the excluded columns.
 
     Returns ``(stats, excluded)``: ``stats`` is a DataFrame (same index as ``df``) with the four
@@ -58,6 +61,10 @@ def feature_statistics(df: Any) -> tuple[Any, dict[str, str]]:
         }
     excluded: dict[str, str] = {}
     for name in OPTIONAL_STATISTICS:
+        if statistics == "core":
+            if name in df.columns:
+                excluded[name] = "statistics=core (the reference study's four)"
+            continue
         if name not in df.columns:
             continue
         values = col(name)
@@ -146,7 +153,8 @@ def cross_validated_auc(name: str, X: Any, y: Any, k: int, seed: int) -> dict[st
             "roc": _roc(y, oof)}
 
 
-def predict_survival(df: Any, k: int = 5, seed: int = 0, models: tuple[str, ...] = MODELS) -> dict[str, Any]:
+def predict_survival(df: Any, k: int = 5, seed: int = 0, models: tuple[str, ...] = MODELS,
+                     statistics: str = "all") -> dict[str, Any]:
     """Cross-validated survival prediction for the rows of ONE (configuration, hook).
 
     ``df`` has the columns of ``features.parquet`` (``active``, ``band``, ``firing_rate``,
@@ -163,7 +171,7 @@ def predict_survival(df: Any, k: int = 5, seed: int = 0, models: tuple[str, ...]
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     act = df[df["active"].astype(bool)] if "active" in df.columns else df
-    stats, excluded = feature_statistics(act)
+    stats, excluded = feature_statistics(act, statistics)
     finite = np.isfinite(stats.to_numpy()).all(axis=1)
     n_dropped = int((~finite).sum())
     stats = stats[finite]
@@ -226,15 +234,15 @@ def result_key(label: str, hook: str) -> str:
     return f"{label} @ {hook}" if hook else label
 
 
-def predict_run(run: Any, k: int = 5, seed: int = 0,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def predict_run(run: Any, k: int = 5, seed: int = 0, progress: Callable[[str], None] | None = None,
+                statistics: str = "all") -> dict[str, Any]:
     """``predict_survival`` for every (configuration, hook) of a RunResult, keyed ``"<label> @ <hook>"``."""
     out: dict[str, Any] = {}
     for label, hook, rows in groups(run.features):
         if progress:
             n_act = int(rows["active"].astype(bool).sum()) if "active" in rows.columns else len(rows)
             progress(f"predictor: {result_key(label, hook)} ({n_act} active features, k={k})")
-        res = predict_survival(rows, k=k, seed=seed)
+        res = predict_survival(rows, k=k, seed=seed, statistics=statistics)
         out[result_key(label, hook)] = {"label": label, "hook": hook, **res}
     return out
 
@@ -272,13 +280,39 @@ class Predictor(Metric):
     name = "predictor"
     description = "Cross-validated AUC of predicting feature survival from FP statistics (logistic, LightGBM)"
     default = False
+    enable_flag = "predict"
+    summary_key = "predictors"
+    order = 60
+    options = (
+        Param("folds", int, 5, "stratified cross-validation folds (lowered for a tiny class)", minimum=2, maximum=100),
+        Param("statistics", str, "all", "all: every FP statistic the SAE gives; core: the reference study's four "
+              "(rarity, log mean, log peak, log concentration)", choices=STATISTIC_SETS),
+    )
 
     def analyze(self, run: Any, options: dict[str, Any]) -> dict[str, Any] | None:
-        k = int(options.get("predictor_folds", 5))
-        seed = int(options.get("predictor_seed", 0))
-        return predict_run(run, k=k, seed=seed, progress=options.get("progress"))
+        return predict_run(run, k=options["folds"], seed=options["seed"], progress=options.get("progress"),
+                           statistics=options["statistics"])
+
+    def text(self, summary: dict[str, Any]) -> list[str]:
+        predictors = summary.get(self.summary_key) or {}
+        if not predictors:
+            return []
+        return ["Survival predicted from FP statistics (stratified k-fold CV ROC AUC):", format_table(predictors)]
+
+    def report_sections(self, run: Any) -> list[Any]:
+        from .predictor_report import report_section
+
+        section = report_section((run.summary or {}).get(self.summary_key))
+        return [section] if section else []
 
 
 @hookimpl
 def register_metrics(register):
     register(Predictor())
+
+
+@hookimpl
+def register_commands(cli):
+    from .predictor_command import predict_cmd
+
+    cli.add_command(predict_cmd)

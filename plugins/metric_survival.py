@@ -10,12 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from featsurv import FeatureAccumulator, FeatureResult, Metric, hookimpl
+from featsurv import FeatsurvError, FeatureAccumulator, FeatureResult, Metric, Param, hookimpl
+
+from . import survival_report as presentation
 
 BANDS = ("survived", "blurred", "damaged")
+SURVIVED_ABOVE, DAMAGED_BELOW = 0.9, 0.5
 
 
-def bands(r: np.ndarray, survived_above: float = 0.9, damaged_below: float = 0.5) -> np.ndarray:
+def bands(r: np.ndarray, survived_above: float = SURVIVED_ABOVE, damaged_below: float = DAMAGED_BELOW) -> np.ndarray:
     """Band name per feature from its r."""
     return np.where(r > survived_above, "survived", np.where(r < damaged_below, "damaged", "blurred"))
 
@@ -43,8 +46,8 @@ class SurvivalAccumulator(FeatureAccumulator):
     def result(self, fp_stats: dict[str, np.ndarray]) -> FeatureResult:
         opts = self.options
         r = self.pearson.r()
-        active = fp_stats["firing_rate"] > opts.get("min_firing_rate", 0.001)
-        band = bands(r, opts.get("survived_above", 0.9), opts.get("damaged_below", 0.5))
+        active = fp_stats["firing_rate"] > opts["min_firing_rate"]
+        band = bands(r, opts["survived_above"], opts["damaged_below"])
         silenced = self.pearson.constant_y()
         n_active = int(active.sum())
         ra = r[active]
@@ -60,17 +63,70 @@ class SurvivalAccumulator(FeatureAccumulator):
             from featsurv.bootstrap import bootstrap_band_ci
 
             summary["ci"] = bootstrap_band_ci(
-                self.blocks, active, opts.get("survived_above", 0.9), opts.get("damaged_below", 0.5),
-                n_resamples=opts["bootstrap"], seed=opts.get("seed", 0))
+                self.blocks, active, opts["survived_above"], opts["damaged_below"],
+                n_resamples=opts["bootstrap"], seed=opts["seed"])
         return FeatureResult(summary, {"r": r, "band": band, "active": active, "silenced": silenced})
 
 
 class Survival(Metric):
     name = "survival"
     description = "Per-feature Pearson r (FP vs compressed SAE activations), bands, silenced features"
+    order = 20
+    feature_prefix = ""  # r, band, active, silenced: the columns of features.parquet users read first
+    options = (
+        Param("min_firing_rate", float, 0.001, "active feature: FP firing rate above this", minimum=0.0,
+              maximum=1.0, exclusive_maximum=True, flag="min-firing-rate"),
+        Param("survived_above", float, SURVIVED_ABOVE, "survived: r above this", minimum=-1.0, maximum=1.0,
+              flag="survived-above"),
+        Param("damaged_below", float, DAMAGED_BELOW, "damaged: r below this", minimum=-1.0, maximum=1.0,
+              flag="damaged-below"),
+        Param("bootstrap", int, 1000, "bootstrap resamples for confidence intervals (0: off)", minimum=0,
+              maximum=100_000, flag="bootstrap"),
+        Param("ppl_tolerance", float, 0.01, "'perplexity misses damage': relative perplexity change at most this",
+              minimum=0.0, maximum=10.0, flag="ppl-tolerance"),
+        Param("survival_target", float, 0.9, "'perplexity misses damage': survived fraction at most this",
+              minimum=0.0, maximum=1.0, flag="survival-target"),
+    )
 
-    def feature_accumulator(self, d_sae: int, options: dict[str, Any]) -> FeatureAccumulator:
+    def setup(self, model, tokens, options):
+        if options["damaged_below"] > options["survived_above"]:
+            raise FeatsurvError(f"Bad band thresholds: damaged below {options['damaged_below']} is above "
+                                f"survived above {options['survived_above']}",
+                                allowed="damaged_below <= survived_above")
+        return None
+
+    def feature_accumulator(self, d_sae: int, options: dict[str, Any], fp_result: Any = None) -> FeatureAccumulator:
         return SurvivalAccumulator(d_sae, options)
+
+    def baseline(self, fp, options):
+        return {"saes": {h: {"n_active": int((s.fp_stats["firing_rate"] > options["min_firing_rate"]).sum())}
+                         for h, s in fp.hooks.items()}}
+
+    def entry(self, entry, outcome, baseline, options):
+        res = outcome.features.get(options["hook"], {}).get(self.name)
+        if res is None:
+            return None
+        fields = dict(res.summary)
+        change = entry.get("perplexity_change")
+        if isinstance(change, (int, float)):
+            fields["perplexity_misses_damage"] = bool(
+                change <= options["ppl_tolerance"] and res.summary["survived"] <= options["survival_target"])
+        return fields
+
+    def columns(self):
+        return presentation.columns()
+
+    def row_flags(self, entry):
+        return presentation.row_flags(entry)
+
+    def row_notes(self, entry):
+        return presentation.row_notes(entry)
+
+    def text(self, summary):
+        return presentation.text(summary)
+
+    def report_sections(self, run):
+        return presentation.report_sections(run)
 
 
 @hookimpl

@@ -25,13 +25,13 @@ embedded default `featsurv-tiny` when `--model` is not given); see `featsurv pre
 
 
 def render() -> str:
-    from featsurv.cli import COMMANDS, cli
+    from featsurv.cli import cli
 
     parts = [INTRO]
     ctx = click.Context(cli, info_name="featsurv", terminal_width=100, max_content_width=100,
                         help_option_names=["-h", "--help"])
     parts.append("## featsurv\n\n```text\n" + cli.get_help(ctx).rstrip() + "\n```\n")
-    for name in sorted(COMMANDS):
+    for name in cli.list_commands(ctx):
         cmd = cli.get_command(ctx, name)
         sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
         parts.append(f"## featsurv {name}\n\n```text\n" + cmd.get_help(sub).rstrip() + "\n```\n")

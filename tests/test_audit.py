@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from featsurv.audit import AuditOptions, AuditSession
+from featsurv.audit import AuditSession, make_options
 from featsurv.plugins import get_registry
 from featsurv.runs import run_audit
 
@@ -18,7 +18,7 @@ def options(tiny_models, tiny_sae, tiny_corpus, family="gpt_neox", hooks=("block
     base = dict(model=str(tiny_models[family]), saes=saes, dataset=str(tiny_corpus), n_tokens=1024, context=32,
                 batch_size=8, bootstrap=0)
     base.update(kw)
-    return AuditOptions(**base)
+    return make_options(**base)
 
 
 def r_of(result, label, hook="blocks.1.hook_resid_post"):
@@ -35,9 +35,9 @@ def test_fp_vs_fp_gives_r_one_and_int8_beats_int3(tiny_models, tiny_sae, tiny_co
                               ("rtn", {"bits": 3, "symmetric": True, "granularity": "channel"})],
                        out_dir=tmp_path / "run")
     by_label = {e["label"]: e for e in result.summary["results"]}
-    fp = by_label["magnitude s=0"]
+    fp = by_label["pruning s=0"]
     assert fp["survived"] == 1.0 and fp["perplexity_change"] == pytest.approx(0.0, abs=1e-6)
-    rows = r_of(result, "magnitude s=0")
+    rows = r_of(result, "pruning s=0")
     assert np.allclose(rows[rows.active].r, 1.0)
     int8, int3 = by_label["rtn int8"], by_label["rtn int3"]
     assert int8["mean_r"] > int3["mean_r"]
@@ -75,25 +75,27 @@ def test_same_seed_gives_identical_results(tiny_models, tiny_sae, tiny_corpus, t
     assert np.array_equal(a.features.r.to_numpy(), b.features.r.to_numpy())
 
 
-def test_one_fp_pass_all_hooks_in_one_forward_and_weights_restored(tiny_models, tiny_sae, tiny_corpus):
+def test_one_fp_pass_all_hooks_in_one_forward_and_weights_restored(tiny_models, tiny_sae, tiny_corpus, monkeypatch):
     hooks = ("blocks.0.hook_resid_post", "blocks.1.hook_mlp_out")
     opts = options(tiny_models, tiny_sae, tiny_corpus, hooks=hooks)
     session = AuditSession(opts, get_registry())
     calls = {"n": 0}
+    adapter = get_registry().get("model_adapters", "gpt_neox")
+    original = adapter.forward
+
+    def counting(model, ids):
+        calls["n"] += 1
+        return original(model, ids)
+
+    monkeypatch.setattr(adapter, "forward", counting)
     session.prepare()
     fp_batches = session.tokens.n_batches(opts.batch_size)
+    assert calls["n"] == fp_batches  # one FP pass, every hook point read in it
     model = session.loaded.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    original = session._forward
-
-    def counting(ids):
-        calls["n"] += 1
-        return original(ids)
-
-    session._forward = counting
     out = session.run("magnitude", {"sparsity": 0.5, "scope": "matrix"})
     session.run("rtn", {"bits": 3, "symmetric": True, "granularity": "tensor"})
-    assert calls["n"] == 2 * fp_batches  # one pass per configuration, both hooks read in it
+    assert calls["n"] == 3 * fp_batches  # one pass per configuration, both hooks read in it
     assert set(out.features) == set(hooks)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -37,7 +37,7 @@ def check_error(result, *needles, out_dir=None):
 
 def test_unknown_compressor_lists_available(base_args, tmp_path):
     out = tmp_path / "r"
-    check_error(invoke(["audit", "nosuch", *base_args, "--out", str(out)]), "'nosuch'", "magnitude, rtn",
+    check_error(invoke(["audit", "nosuch", *base_args, "--out", str(out)]), "'nosuch'", "pruning, rtn",
                 "featsurv plugins", out_dir=out)
 
 
@@ -53,7 +53,7 @@ def test_bad_parameters(base_args, tmp_path, param, needle):
 def test_unknown_adapter_metric_dataset_and_sae(base_args, tmp_path):
     out = tmp_path / "r"
     check_error(invoke(["audit", "rtn", *base_args, "--adapter", "nosuch", "--out", str(out)]),
-                "model adapter 'nosuch'", "gemma2, generic, gpt_neox", out_dir=out)
+                "model adapter 'nosuch'", "gemma2, generic, gpt2, gpt_neox", out_dir=out)
     check_error(invoke(["audit", "rtn", *base_args, "--metric", "nosuch", "--out", str(out)]),
                 "metric 'nosuch'", out_dir=out)
     check_error(invoke(["audit", "rtn", *swap(base_args, "--dataset", "weird:thing"), "--out", str(out)]),

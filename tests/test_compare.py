@@ -15,16 +15,17 @@ class FakeSession:
 
     def __init__(self, fn):
         self.registry = get_registry()
+        self.metrics = SimpleNamespace(match_label=lambda: "perplexity")
         self.fn = fn
         self.tried = []
 
-    def run(self, name, params, features=True):
-        value = params["sparsity"] if "sparsity" in params else params["bits"]
-        self.tried.append(value)
-        return SimpleNamespace(perplexity=self.fn(value))
-
     def progress(self, msg):
         pass
+
+    def run(self, name, params, features=True, tokens=None):
+        value = params["sparsity"] if "sparsity" in params else params["bits"]
+        self.tried.append(value)
+        return SimpleNamespace(target=self.fn(value))
 
 
 def test_bisection_reproduces_the_reference_protocol_steps():
@@ -58,8 +59,8 @@ def test_compare_end_to_end(tiny_models, tiny_sae, tiny_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     (comp,) = summary["comparisons"]
-    assert comp["a"] == "rtn int3" and comp["b"].startswith("magnitude s=")
+    assert comp["a"] == "rtn int3" and comp["b"].startswith("pruning s=")
     assert 1 <= len(comp["path"]) <= 4
     assert comp["matched_params"]["sparsity"] == min(comp["path"], key=lambda p: abs(p["relative_gap"]))["params"]["sparsity"]
     assert [r["label"] for r in summary["results"]] == [comp["a"], comp["b"]]
-    assert "rtn int3 vs magnitude" in result.output
+    assert "rtn int3 vs pruning s=" in result.output

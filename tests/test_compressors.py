@@ -1,10 +1,10 @@
-"""RTN against hand computations; magnitude pruning against torch.nn.utils.prune."""
+"""RTN against hand computations; magnitude pruning (`pruning`, alias `magnitude`) against torch.nn.utils.prune."""
 import pytest
 import torch
 from torch.nn.utils import prune
 
 from featsurv.base import WeightTarget
-from featsurv_plugins.compress_magnitude import Magnitude
+from featsurv_plugins.compress_pruning import Pruning as Magnitude
 from featsurv_plugins.compress_rtn import RTN, quantize_dequantize
 
 W = torch.tensor([[0.9, -0.3, 0.1, 0.45],
@@ -149,3 +149,65 @@ def test_rtn_asymmetric_keeps_constant_groups_and_zero_exact():
     # row 1: range widened to [0, 0.9], scale 0.9/255, zero point 0
     scale = 0.9 / 255
     torch.testing.assert_close(out[1], torch.round(w[1] / scale) * scale)
+
+
+# --------------------------------------------------------------------------- arith=native (bf16 end to end)
+BF16 = torch.bfloat16
+
+
+def test_rtn_native_bf16_by_hand():
+    # bits=3, qmax=3, row [1, 0.8359375] (both exact in bf16).
+    # fp32: scale = 1/3; 0.8359375 * 3 = 2.5078 -> round 3 -> 3 * (1/3) = 1.0.
+    # native: scale = bf16(1/3) = 0.333984375; 0.8359375 / 0.333984375 = 2.5029 -> bf16 (spacing 1/64
+    # on [2, 4)) 2.5 -> round half to even 2 -> 2 * 0.333984375 = 0.66796875.
+    w = torch.tensor([[1.0, 0.8359375]], dtype=BF16)
+    assert quantize_dequantize(w, 3).tolist() == [[1.0, 1.0]]
+    out = quantize_dequantize(w, 3, arith="native")
+    assert out.dtype == BF16 and out.tolist() == [[1.0, 0.66796875]]
+    # bits=4, qmax=7, row [1, 0.5]: fp32 scale 1/7 (float32 rounds it up) -> 0.5/scale = 3.4999998 -> 3;
+    # native scale bf16(1/7) = 0.142578125 (rounded down) -> 3.5068 -> bf16 3.5 -> 4 -> 0.5703125.
+    w = torch.tensor([[1.0, 0.5]], dtype=BF16)
+    assert quantize_dequantize(w, 4).to(BF16).tolist() == [[1.0, 0.427734375]]
+    assert quantize_dequantize(w, 4, arith="native").tolist() == [[1.0, 0.5703125]]
+
+
+def test_rtn_native_clamps_like_the_reference():
+    # bits=8, row [-1.328125, 0.6640625]: scale = bf16(1.328125 / 127) = 171 * 2^-14 = 0.01043701171875;
+    # -1.328125 / scale = -127.2515 -> bf16 (spacing 0.5) -127.5 -> round half to even -128, which the
+    # reference keeps (clamp to [-128, 127]) -> -128 * scale = -1.3359375;
+    # 0.6640625 / scale = 63.626 -> bf16 (spacing 0.25) 63.75 -> 64 -> 0.66796875.
+    w = torch.tensor([[-1.328125, 0.6640625]], dtype=BF16)
+    assert quantize_dequantize(w, 8, arith="native").tolist() == [[-1.3359375, 0.66796875]]
+
+
+def _bf16_step_by_step(w, bits):
+    """The reference's RTN with every operation done in float32 and rounded to bf16 by hand."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = (w.float().abs().amax(1, keepdim=True) / qmax).to(BF16)
+    ratio = (w.float() / scale.float()).to(BF16)
+    q = torch.round(ratio.float()).clamp(-qmax - 1, qmax).to(BF16)
+    return (q.float() * scale.float()).to(BF16)
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_rtn_native_equals_bf16_step_by_step_and_differs_from_fp32(bits):
+    torch.manual_seed(4)
+    w = (torch.randn(48, 96) * 0.05).to(BF16)
+    native = quantize_dequantize(w, bits, arith="native")
+    assert torch.equal(native, _bf16_step_by_step(w, bits))
+    assert not torch.equal(native, quantize_dequantize(w, bits).to(BF16))
+
+
+def test_rtn_native_on_float32_weights_equals_fp32_and_default_is_unchanged():
+    torch.manual_seed(5)
+    w = torch.randn(16, 40)
+    for bits in (8, 4, 2):
+        assert torch.equal(quantize_dequantize(w, bits, arith="native"), quantize_dequantize(w, bits))
+    lin_a, lin_b = torch.nn.Linear(40, 16).to(BF16), torch.nn.Linear(40, 16).to(BF16)
+    lin_b.load_state_dict(lin_a.state_dict())
+    RTN().compress([WeightTarget("a", lin_a, "mlp_in")], {"bits": 5, "symmetric": True, "granularity": "channel"})
+    RTN().compress([WeightTarget("b", lin_b, "mlp_in")],
+                   {"bits": 5, "symmetric": True, "granularity": "channel", "arith": "fp32"})
+    assert torch.equal(lin_a.weight, lin_b.weight)
+    assert RTN().label({"bits": 6, "symmetric": True, "granularity": "channel", "arith": "native"}) == \
+        "rtn int6 arith=native"

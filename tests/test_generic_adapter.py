@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from featsurv import FeatsurvError
-from featsurv.audit import AuditOptions, AuditSession
+from featsurv.audit import AuditSession, make_options
 from featsurv.capture import capture
 from featsurv.hf import get_path
 from featsurv.loading import load_model
@@ -161,7 +161,7 @@ def test_generic_matches_decoder_configs_only(registry):
 
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"])
 def test_short_audit(registry, family_dir, tiny_sae, tiny_corpus, tmp_path, hook):
-    options = AuditOptions(model=str(family_dir), saes=[str(tiny_sae(family_dir, hook))], dataset=str(tiny_corpus),
+    options = make_options(model=str(family_dir), saes=[str(tiny_sae(family_dir, hook))], dataset=str(tiny_corpus),
                            n_tokens=384, bootstrap=0)
     session = AuditSession(options, registry, Progress(quiet=True))
     run_audit(options, [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"}),
@@ -174,3 +174,65 @@ def test_short_audit(registry, family_dir, tiny_sae, tiny_corpus, tmp_path, hook
     assert int8["mean_r"] > 0.99 and int8["mean_r"] >= int3["mean_r"]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["adapter"] == "generic"
+
+
+class _Packed(torch.nn.Module):
+    """A linear map whose weight is not a 2-D [out, in] matrix (as a packed or per-head layout would be)."""
+
+    def __init__(self, n_heads: int, d_in: int, d_head: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n_heads, d_in, d_head))
+
+    def forward(self, x):
+        return torch.einsum("...i,hid->...hd", x, self.weight).flatten(-2)
+
+
+def test_generic_refuses_weights_that_are_not_linear(registry, tiny_models):
+    """A Conv1D ([in, out]) or any other non-Linear weight is refused, never compressed along the wrong axis."""
+    from transformers.pytorch_utils import Conv1D
+
+    loaded = load_model(registry, str(tiny_models["llama"]))
+    adapter, model = loaded.adapter, loaded.model
+    attn = model.model.layers[1].self_attn
+    attn.v_proj = Conv1D(attn.v_proj.out_features, attn.v_proj.in_features)
+    with pytest.raises(FeatsurvError) as err:
+        adapter.compressible_weights(model)
+    text = err.value.message
+    for needle in ("'generic'", "'model.layers.1.self_attn.v_proj'", "Conv1D", "not a torch.nn.Linear", "[in, out]",
+                   "input dimension", "--adapter gpt2", "conv1d_targets", "docs/plugins/adapters.md"):
+        assert needle in text, text
+    cfg = model.config
+    attn.v_proj = _Packed(cfg.num_key_value_heads, cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads)
+    with pytest.raises(FeatsurvError) as err:
+        adapter.compressible_weights(model, ("attn",))
+    text = err.value.message
+    for needle in ("'model.layers.1.self_attn.v_proj'", "_Packed", "[2, 32, 8]", "tensor=", "write_back=",
+                   "docs/plugins/adapters.md"):
+        assert needle in text, text
+    assert adapter.compressible_weights(model, ("mlp",))  # the MLP is still plain nn.Linear
+
+
+def test_generic_refusal_stops_the_cli_before_any_work(tiny_models, tiny_sae, tiny_corpus, tmp_path, monkeypatch):
+    """Loading a model with a Conv1D where generic expects a Linear ends in exit 2, not a traceback."""
+    from click.testing import CliRunner
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    from featsurv.cli import cli
+
+    real = AutoModelForCausalLM.from_pretrained
+
+    def patched(*args, **kwargs):
+        model = real(*args, **kwargs)
+        mlp = model.model.layers[0].mlp
+        mlp.up_proj = Conv1D(mlp.up_proj.out_features, mlp.up_proj.in_features)
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", patched)
+    out = tmp_path / "run"
+    model = tiny_models["llama"]
+    res = CliRunner().invoke(cli, ["audit", "rtn", "--model", str(model), "--sae", str(tiny_sae(model)),
+                                   "--dataset", str(tiny_corpus), "--tokens", "256", "-q", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "model.layers.0.mlp.up_proj" in res.output and "Conv1D" in res.output and "Traceback" not in res.output
+    assert not out.exists()

@@ -224,7 +224,7 @@ def _exercise_sae_sources(registry: Registry, folder: Path, request) -> None:
 
 
 def _exercise_metrics(registry: Registry, folder: Path, request) -> None:
-    from featsurv.audit import AuditOptions, AuditSession
+    from featsurv.audit import AuditSession, make_options
     from featsurv.progress import Progress
     from featsurv.runs import run_audit
 
@@ -240,14 +240,38 @@ def _exercise_metrics(registry: Registry, folder: Path, request) -> None:
     # and through a real audit, asked for with --metric
     tiny_models, tiny_sae, tiny_corpus = (request.getfixturevalue(n) for n in ("tiny_models", "tiny_sae", "tiny_corpus"))
     model = tiny_models["llama"]
-    options = AuditOptions(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=256,
+    options = make_options(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=256,
                            bootstrap=0, metrics=["lost_firing"])
     session = AuditSession(options, registry, Progress(quiet=True))
     run = run_audit(options, [("rtn", {"bits": 3, "symmetric": True, "granularity": "channel"})],
                     out_dir=folder / "run", session=session)
     entry = json.loads((folder / "run" / "summary.json").read_text())["results"][0]
-    assert 0.0 <= entry["metrics"]["lost_firing"]["mean_lost_share"] <= 1.0
+    assert 0.0 <= entry["mean_lost_share"] <= 1.0 and isinstance(entry["n_switched_off"], int)
     assert "lost_firing.lost_share" in run.features.columns
+    # the whole way through the CLI, with no host change: option, summary field, table column, report section
+    from click.testing import CliRunner
+
+    from featsurv.cli import cli
+
+    out = folder / "cli-run"
+    res = CliRunner().invoke(cli, ["--plugins-dir", str(folder), "audit", "rtn", "-p", "bits=3", "--model", str(model),
+                                   "--sae", str(tiny_sae(model)), "--dataset", str(tiny_corpus), "--tokens", "256",
+                                   "--bootstrap", "0", "--metric", "lost_firing", "--metric-option",
+                                   "lost_firing.min_share=0.2", "-q", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.output.splitlines() if line.startswith("configuration"))
+    assert header.split()[-1] == "lost"
+    row = next(line for line in res.output.splitlines() if line.startswith("rtn int3"))
+    cli_entry = json.loads((out / "summary.json").read_text())["results"][0]
+    assert row.split()[-1] == f"{100 * cli_entry['mean_lost_share']:.1f}%"
+    assert json.loads((out / "run.json").read_text())["metric_options"]["lost_firing"] == {"min_share": 0.2}
+    share = run.features["lost_firing.lost_share"].to_numpy()
+    assert cli_entry["n_switched_off"] == int((share > 0.2).sum())  # same tokens, same seed: same shares
+    html = (out / "report.html").read_text()
+    assert "<h2>Switched-off features</h2>" in html and f"{cli_entry['n_switched_off']} switched off" in html
+    bad = CliRunner().invoke(cli, ["--plugins-dir", str(folder), "audit", "rtn", "--metric", "lost_firing",
+                                   "--metric-option", "lost_firing.min_share=2", "--out", str(folder / "bad")])
+    assert bad.exit_code == 2 and "'min_share'" in bad.output and not (folder / "bad").exists()
 
 
 def _exercise_datasets(registry: Registry, folder: Path, request) -> None:

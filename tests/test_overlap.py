@@ -109,13 +109,15 @@ def test_overlap_between_errors(tmp_path):
 
 def test_analyze_every_pair(tmp_path):
     run = make_run(tmp_path)
-    out = mo.Overlap().analyze(run, {})
+    assert mo.Overlap().analyze(run, {"pairs": ""}) is None  # nothing asked for: nothing stored
+    out = mo.Overlap().analyze(run, {"pairs": "all"})
     assert list(out) == ["rtn bits=6 vs magnitude sparsity=0.2 @ blocks.1.hook_resid_post"]
-    assert mo.Overlap.default is False and mo.Overlap.name == "overlap"
+    named = mo.Overlap().analyze(run, {"pairs": "rtn bits=6|magnitude sparsity=0.2"})
+    assert named == out and mo.Overlap.name == "overlap"
 
 
 def test_cli_overlap(tmp_path):
-    from featsurv.cli.overlap import overlap_cmd
+    from featsurv_plugins.overlap_command import overlap_cmd
 
     make_run(tmp_path)
     runner = CliRunner()

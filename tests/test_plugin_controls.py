@@ -19,7 +19,7 @@ import pytest
 from featsurv import FeatsurvError
 from featsurv.plugins import PluginWarning, build_registry, get_registry, reset_registry
 
-BUILTIN_COMPRESSORS = {"rtn", "magnitude"}
+BUILTIN_COMPRESSORS = {"rtn", "pruning"}
 CONTROL_VARS = ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS")
 
 COMPRESSOR_PLUGIN = '''
@@ -157,12 +157,13 @@ def test_disable_plugins_by_plugin_or_distribution_name(make_dist, monkeypatch, 
 
 
 def test_disable_plugins_covers_built_ins(monkeypatch):
-    monkeypatch.setenv("FEATSURV_DISABLE_PLUGINS", "magnitude,gemma2")
+    monkeypatch.setenv("FEATSURV_DISABLE_PLUGINS", "pruning,gemma2")
     registry = build_registry()
-    assert "magnitude" not in registry.plugins and "magnitude" not in registry.names("compressors")
+    assert "pruning" not in registry.plugins and "pruning" not in registry.names("compressors")
     assert "gemma2" not in registry.names("model_adapters") and "rtn" in registry.names("compressors")
-    with pytest.raises(FeatsurvError, match="Unknown compressor 'magnitude'"):
-        registry.get("compressors", "magnitude")
+    for name in ("pruning", "magnitude"):  # the alias goes with its plugin
+        with pytest.raises(FeatsurvError, match=f"Unknown compressor '{name}'"):
+            registry.get("compressors", name)
 
 
 def test_disable_the_featsurv_distribution_drops_every_built_in(make_dist, monkeypatch):

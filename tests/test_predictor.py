@@ -168,7 +168,7 @@ def make_run(tmp_path: Path) -> RunResult:
 
 def test_analyze_keys_every_config_and_hook(tmp_path):
     run = make_run(tmp_path)
-    out = mp.Predictor().analyze(run, {})
+    out = mp.Predictor().analyze(run, {"folds": 5, "seed": 0, "statistics": "all"})
     assert list(out) == ["rtn bits=6 @ blocks.1.hook_resid_post", "rtn bits=4 @ blocks.1.hook_resid_post"]
     entry = out["rtn bits=6 @ blocks.1.hook_resid_post"]
     assert entry["label"] == "rtn bits=6" and entry["hook"] == "blocks.1.hook_resid_post"
@@ -177,7 +177,7 @@ def test_analyze_keys_every_config_and_hook(tmp_path):
 
 
 def test_cli_predict_stores_prints_and_reports(tmp_path):
-    from featsurv.cli.predict import predict_cmd
+    from featsurv_plugins.predictor_command import predict_cmd
 
     make_run(tmp_path)
     res = CliRunner().invoke(predict_cmd, [str(tmp_path / "run"), "--folds", "4"])
@@ -196,7 +196,7 @@ def test_cli_predict_stores_prints_and_reports(tmp_path):
 
 
 def test_cli_predict_bad_directory(tmp_path):
-    from featsurv.cli.predict import predict_cmd
+    from featsurv_plugins.predictor_command import predict_cmd
 
     res = CliRunner().invoke(predict_cmd, [str(tmp_path / "nope")])
     assert res.exit_code == 2

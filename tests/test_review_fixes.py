@@ -5,7 +5,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featsurv.audit import AuditOptions
+from featsurv.audit import make_options
 from featsurv.cli import cli
 from featsurv.runs import run_audit
 
@@ -52,10 +52,11 @@ def test_bisection_never_picks_a_broken_step():
 
     class Session:
         registry = get_registry()
+        metrics = SimpleNamespace(match_label=lambda: "perplexity")
 
-        def run(self, name, params, features=True):
+        def run(self, name, params, features=True, tokens=None):
             s = params["sparsity"]
-            return SimpleNamespace(perplexity=float("nan") if s > 0.3 else 10 * (1 + s))
+            return SimpleNamespace(target=float("nan") if s > 0.3 else 10 * (1 + s))
 
         def progress(self, msg):
             pass
@@ -88,12 +89,12 @@ def test_tied_embeddings_need_both_scopes(tiny_models, tiny_sae, tiny_corpus, tm
     # the tiny Gemma-2 ties its LM head to the embedding
     from featsurv.errors import FeatsurvError
 
-    lone = AuditOptions(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
+    lone = make_options(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
                         dataset=str(tiny_corpus), n_tokens=256, context=32, bootstrap=0, scope=("lm_head",))
     with pytest.raises(FeatsurvError, match="tied"):
         run_audit(lone, [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"})], out_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    opts = AuditOptions(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
+    opts = make_options(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
                         dataset=str(tiny_corpus), n_tokens=256, context=32, bootstrap=0, scope=("embed", "lm_head"),
                         min_explained_variance=0)
     result = run_audit(opts, [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"})], out_dir=tmp_path / "r")
@@ -120,13 +121,14 @@ def test_sliding_perplexity_defaults_fit_the_model(base, tmp_path):
     res = run(["audit", "rtn", "-p", "bits=8", *base, "--perplexity", "sliding", "--out", str(out)])
     assert res.exit_code == 0, res.output
     run_json = json.loads((out / "run.json").read_text())
-    assert run_json["options"]["ppl_window"] == 256 and run_json["options"]["ppl_stride"] == 64
+    assert run_json["derived"]["metrics"]["perplexity"] == {"window": 256, "stride": 64}
+    assert run_json["metric_options"]["perplexity"]["window"] is None  # derived, not written back
 
 
 def test_bootstrap_intervals_do_not_depend_on_the_batch_size(tiny_models, tiny_sae, tiny_corpus, tmp_path):
     cis = []
     for batch in (2, 16):
-        opts = AuditOptions(model=str(tiny_models["gpt_neox"]), saes=[str(tiny_sae(tiny_models["gpt_neox"]))],
+        opts = make_options(model=str(tiny_models["gpt_neox"]), saes=[str(tiny_sae(tiny_models["gpt_neox"]))],
                             dataset=str(tiny_corpus), n_tokens=1024, context=32, batch_size=batch, bootstrap=200)
         result = run_audit(opts, [("rtn", {"bits": 3, "symmetric": True, "granularity": "channel"})],
                            out_dir=tmp_path / f"b{batch}")
@@ -164,8 +166,8 @@ def test_center_activations_matches_an_sae_trained_on_centred_inputs(tiny_models
     kw = dict(model=str(tiny_models["gpt_neox"]), saes=[str(path)], dataset=str(tiny_corpus), n_tokens=256,
               context=32, bootstrap=0, min_explained_variance=0.999)
     cfg = [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"})]
-    ok = run_audit(AuditOptions(**kw, center_activations=True), cfg, out_dir=tmp_path / "a")
+    ok = run_audit(make_options(**kw, center_activations=True), cfg, out_dir=tmp_path / "a")
     assert ok.summary["baseline"]["saes"]["blocks.1.hook_resid_post"]["explained_variance"] > 0.999
     # without centring, the mean direction is lost: how much depends on the model, so only check it drops
-    loose = run_audit(AuditOptions(**{**kw, "min_explained_variance": -1e9}), cfg, out_dir=tmp_path / "b")
+    loose = run_audit(make_options(**{**kw, "min_explained_variance": -1e9}), cfg, out_dir=tmp_path / "b")
     assert loose.summary["baseline"]["saes"]["blocks.1.hook_resid_post"]["explained_variance"] < 0.999

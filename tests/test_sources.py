@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from featsurv.audit import AuditOptions
+from featsurv.audit import make_options
 from featsurv.loading import dataset_source, load_sae
 from featsurv.plugins import get_registry
 from featsurv.runs import run_audit
@@ -63,12 +63,13 @@ def test_jsonl_and_embedded_datasets():
 
 
 def test_bfloat16_model_audit_runs_and_fp_vs_fp_is_exact(tiny_models, tiny_sae, tiny_corpus, tmp_path):
-    opts = AuditOptions(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
+    opts = make_options(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
                         dataset=str(tiny_corpus), n_tokens=512, context=32, dtype="bfloat16", bootstrap=0,
                         min_explained_variance=0.0)
     result = run_audit(opts, [("magnitude", {"sparsity": 0.0, "scope": "matrix"}),
                               ("rtn", {"bits": 4, "symmetric": True, "granularity": "channel"})], out_dir=tmp_path / "r")
     f = result.features
-    fp = f[(f.config == "magnitude s=0") & f.active]
+    fp = f[(f.config == "pruning s=0") & f.active]
+    assert len(fp) > 0
     assert np.allclose(fp.r, 1.0)
     assert result.run["options"]["dtype"] == "bfloat16"

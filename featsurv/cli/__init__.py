@@ -1,108 +1,90 @@
-"""The `featsurv` command line. Commands live one per module and are imported only when run."""
+"""The `featsurv` command line. Built-in commands live one per module of this package (each module
+names its click command ``command``) and are imported only when run or listed; plugins add more
+through ``register_commands``."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 from typing import Any
 
 import click
 
-#: command name -> "module:attribute"; modules import heavy packages only inside their functions
-COMMANDS = {
-    "audit": "featsurv.cli.audit:audit_cmd",
-    "compare": "featsurv.cli.compare:compare_cmd",
-    "plugins": "featsurv.cli.plugins:plugins_cmd",
-    "presets": "featsurv.cli.presets:presets_cmd",
-    "predict": "featsurv.cli.predict:predict_cmd",
-    "overlap": "featsurv.cli.overlap:overlap_cmd",
-    "gate": "featsurv.cli.gate:gate_cmd",
-    "report": "featsurv.cli.report:report_cmd",
-}
-HELP = {
-    "audit": "Audit one compressor (a sweep of configurations) against the FP model.",
-    "compare": "Compare two compressors at matched perplexity (feature overlap).",
-    "plugins": "List installed plugins and what each registers.",
-    "presets": "List the presets (known model/SAE pairings and recipes).",
-    "predict": "Predict feature survival from FP statistics on a finished run.",
-    "overlap": "Overlap statistics between two configurations of a finished run.",
-    "gate": "Exit 1 when any configuration of a run falls short (for CI).",
-    "report": "Write report.html for a finished run.",
-}
+#: modules of this package that hold helpers, not commands
+HELPER_MODULES = {"common", "table"}
+
+
+def builtin_commands() -> list[str]:
+    """Names of the built-in command modules (derived from this package's files)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in HELPER_MODULES)
+
+
+def _use_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--plugins-dir is eager: it takes effect before --help lists commands and before any command runs."""
+    if value:
+        from ..plugins import set_plugins_dir
+
+        set_plugins_dir(value)
 
 
 class LazyGroup(click.Group):
-    """A click group whose built-in commands are imported on first use."""
+    """A click group whose built-in commands are imported on first use; plugins add their own."""
+
+    _registry_seen: Any = None
+    _plugin_names: set[str] = set()
+
+    def _plugin_commands(self) -> None:
+        """Ask every plugin for its commands once per plugin registry (a new one after --plugins-dir)."""
+        from ..plugins import get_registry
+
+        registry = get_registry()
+        if registry is self._registry_seen:
+            return
+        for name in self._plugin_names:
+            self.commands.pop(name, None)
+        before = set(self.commands)
+        for plugin in list(registry.plugins):
+            added = set(self.commands)
+            registry.call_plugin(plugin, "register_commands", cli=self)
+            for name in set(self.commands) - added:
+                if name in builtin_commands():
+                    import warnings
+
+                    warnings.warn(f"featsurv: plugin {plugin!r} replaces the built-in command {name!r}", stacklevel=1)
+        self._plugin_names = set(self.commands) - before
+        self._registry_seen = registry
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(COMMANDS) | set(self.commands))
+        self._plugin_commands()
+        return sorted(set(builtin_commands()) | set(self.commands))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self._plugin_commands()
         if name in self.commands:
             return self.commands[name]
-        target = COMMANDS.get(name)
-        if target is None:
+        if name not in builtin_commands():
             return None
-        module, attr = target.split(":")
         try:
-            return getattr(importlib.import_module(module), attr)
+            module = importlib.import_module(f"{__name__}.{name}")
+            command = module.command
         except (ImportError, AttributeError) as exc:
             raise click.ClickException(f"command {name!r} is not available: {exc}") from None
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, HELP.get(name) or (self.commands[name].get_short_help_str(60) if name in self.commands else ""))
-                for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        refresh = getattr(module, "refresh", None)  # e.g. metric flags of the plugins loaded now
+        return refresh(command) if refresh else command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="featsurv")
-@click.option("--plugins-dir", type=click.Path(file_okay=False), default=None,
-              help="Also load every *.py in this folder as a plugin (one-off, unpackaged).")
-def cli(plugins_dir: str | None) -> None:
+@click.option("--plugins-dir", type=click.Path(file_okay=False), default=None, is_eager=True, expose_value=False,
+              callback=_use_plugins_dir, help="Also load every *.py in this folder as a plugin (one-off, unpackaged).")
+def cli() -> None:
     """featsurv: what compression does to a model's SAE features, not just its perplexity.
 
-    Run `featsurv compare rtn magnitude` on the embedded default model, or
+    Run `featsurv compare rtn pruning` on the embedded default model, or
     `featsurv audit rtn -p bits=8,6,4 --model DIR --sae DIR` on your own.
     """
-    from .. import plugins
-
-    if plugins_dir and plugins_dir != plugins._PLUGINS_DIR:  # invoked without main(), e.g. CliRunner
-        plugins.set_plugins_dir(plugins_dir)
-
-
-def _plugin_commands(argv: list[str]) -> None:
-    """Let plugins add commands (register_commands). Reads --plugins-dir early from argv."""
-    from ..plugins import get_registry, set_plugins_dir
-
-    for i, arg in enumerate(argv):
-        if arg == "--plugins-dir" and i + 1 < len(argv):
-            set_plugins_dir(argv[i + 1])
-        elif arg.startswith("--plugins-dir="):
-            set_plugins_dir(arg.split("=", 1)[1])
-    registry = get_registry()
-    from ..plugins import _plugin_failed
-
-    for impl in registry.pm.hook.register_commands.get_hookimpls():
-        before = set(cli.commands)
-        try:
-            impl.function(cli=cli)
-            for name in set(cli.commands) - before:
-                if name in COMMANDS:
-                    import warnings
-
-                    warnings.warn(f"featsurv: plugin {impl.plugin_name!r} replaces the built-in command {name!r}",
-                                  stacklevel=1)
-        except Exception as exc:  # one plugin's broken command must not hide the others
-            info = registry.plugins.get(impl.plugin_name)
-            _plugin_failed(impl.plugin_name, info.distribution if info else "?", exc)
 
 
 def main(argv: list[str] | None = None) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        _plugin_commands(argv)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
     return cli.main(args=argv, prog_name="featsurv")

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import click
 
-from .common import audit_options, build_options, published_for, parse_configurations, progress_for
+from .common import add_metric_options, audit_options, build_options, parse_configurations, progress_for, published_for
 
 
 @click.command(name="audit")
 @click.argument("compressor")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE[,VALUE...]",
               help="Compressor parameter; commas sweep (-p bits=8,6,4).")
-@click.option("--predict", is_flag=True, help="Also run the survival predictor on the result.")
 @audit_options
-def audit_cmd(compressor: str, params: tuple[str, ...], predict: bool, **kwargs) -> None:
+def audit_cmd(compressor: str, params: tuple[str, ...], **kwargs) -> None:
     """Audit COMPRESSOR against the full-precision model.
 
     Example: featsurv audit rtn -p bits=8,6,4 --model ./pythia --sae ./sae-dir
@@ -29,8 +28,11 @@ def audit_cmd(compressor: str, params: tuple[str, ...], predict: bool, **kwargs)
         preset_params = preset.audit.get("params")
     configurations = parse_configurations(registry, compressor, params, preset_params)
     session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
-    analyses = ("predictor",) if predict else ()
-    result = run_audit(options, configurations, out_dir=kwargs["out_dir"], analyses=analyses, session=session,
+    result = run_audit(options, configurations, out_dir=kwargs["out_dir"], session=session,
                        command="audit " + compressor)
-    print_summary(result.summary, result.path)
-    print_published(result.summary, published_for(options, preset))
+    print_summary(result.summary, result.path, session.metrics)
+    print_published(result.summary, published_for(options, preset), registry)
+
+
+command = audit_cmd
+refresh = add_metric_options

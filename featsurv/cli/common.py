@@ -1,4 +1,8 @@
-"""Options shared by `audit` and `compare`, and turning them into AuditOptions."""
+"""Options shared by `audit` and `compare`, and turning them into AuditOptions.
+
+Host options are declared once here; every metric option with a ``flag`` and every metric's
+``enable_flag`` become flags too (read from the installed metrics when the command is built).
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -7,81 +11,138 @@ import click
 
 from ..errors import FeatsurvError
 
-_OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--preset", default=None, help="Named preset (see `featsurv presets`); default: the embedded model."),
-    click.option("--model", default=None, help="Hub id or local directory of a Hugging Face causal LM."),
-    click.option("--adapter", default=None, help="Model adapter to use (default: chosen from the model's config)."),
-    click.option("--sae", "saes", multiple=True, help="SAE: sae-lens directory or RELEASE:SAE_ID. Repeat for several hooks."),
-    click.option("--hook", "hooks", multiple=True, help="Hook of each --sae (default: the SAE's metadata)."),
-    click.option("--dataset", default=None, help="file.txt, file.jsonl, hf:NAME[:CONFIG[:SPLIT]] or featsurv:heldout."),
-    click.option("--tokens", "n_tokens", type=click.IntRange(min=1), default=None, help="Token budget (contexts x context length)."),
-    click.option("--context", type=click.IntRange(min=2), default=None, help="Context length (default: the SAE's context_size, else 128)."),
-    click.option("--bos/--no-bos", "prepend_bos", default=None, help="Prepend BOS to each context (default: the SAE's metadata)."),
-    click.option("--center-activations/--no-center-activations", default=None,
-                 help="Subtract each token's mean across d_model before encoding (TransformerLens's "
-                      "center_writing_weights convention)."),
-    click.option("--keep-special", is_flag=True, default=None, help="Use positions holding special tokens too."),
-    click.option("--join", type=click.Choice(["eos", "text"]), default=None, help="Join documents with EOS, or as one text with blank lines."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Contexts per forward pass."),
-    click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None),
-    click.option("--device", default=None, help="cpu, cuda, cuda:1, ..."),
-    click.option("--seed", type=int, default=None, help="Random seed (default 0)."),
-    click.option("--scope", default=None, help="Weights to compress: comma list of attn, mlp, embed, lm_head."),
-    click.option("--min-explained-variance", type=float, default=None, help="Fit check threshold (default 0.5; 0 disables)."),
-    click.option("--min-firing-rate", type=float, default=None, help="Active feature: FP firing rate above this (default 0.001)."),
-    click.option("--perplexity", "perplexity_mode", type=click.Choice(["window", "sliding"]), default=None),
-    click.option("--ppl-window", type=int, default=None, help="Sliding perplexity window (default min(2048, model positions))."),
-    click.option("--ppl-stride", type=int, default=None, help="Sliding perplexity stride (default window / 4)."),
-    click.option("--ppl-tolerance", type=float, default=None, help="'Perplexity misses damage' tolerance (default 0.01)."),
-    click.option("--survival-target", type=float, default=None, help="'Perplexity misses damage' survival target (default 0.9)."),
-    click.option("--bootstrap", type=click.IntRange(min=0), default=None, help="Bootstrap resamples for confidence intervals (0: off; default 1000)."),
-    click.option("--metric", "metrics", multiple=True, help="Also run this metric plugin."),
-    click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model repo's own code (off by default)."),
-    click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Result directory (default featsurv-runs/TIME-KIND)."),
-    click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
-]
+def opt(decls: list[str], **attrs: Any) -> tuple[list[str], dict[str, Any]]:
+    return decls, attrs
 
-NON_OPTION_KEYS = {"preset", "out_dir", "quiet", "params", "compressor", "a", "b", "predict", "knob", "search_range",
-                   "steps", "rtol", "a_params", "b_params"}
+
+HOST_OPTIONS: list[tuple[list[str], dict[str, Any]]] = [
+    opt(["--preset"], default=None, help="Named preset (see `featsurv presets`); default: the embedded model."),
+    opt(["--model"], default=None, help="Hub id or local directory of a Hugging Face causal LM."),
+    opt(["--adapter"], default=None, help="Model adapter to use (default: chosen from the model's config)."),
+    opt(["--sae", "saes"], multiple=True, help="SAE: sae-lens directory or RELEASE:SAE_ID. Repeat for several hook points."),
+    opt(["--hook", "hooks"], multiple=True, help="Hook point of each --sae (default: the SAE's metadata)."),
+    opt(["--dataset"], default=None, help="file.txt, file.jsonl, hf:NAME[:CONFIG[:SPLIT]] or featsurv:heldout (default)."),
+    opt(["--tokens", "n_tokens"], type=int, default=None, help="Token budget (contexts x context length; default 32768)."),
+    opt(["--context"], type=int, default=None, help="Context length (default: the SAE's context_size, else 128)."),
+    opt(["--bos/--no-bos", "prepend_bos"], default=None, help="Prepend BOS to each context (default: the SAE's metadata)."),
+    opt(["--center-activations/--no-center-activations"], default=None,
+                 help="Subtract each token's mean across d_model before encoding (TransformerLens's "
+                      "center_writing_weights convention; default off)."),
+    opt(["--keep-special"], is_flag=True, default=None, help="Use positions holding special tokens too."),
+    opt(["--join"], type=click.Choice(["eos", "text"]), default=None, help="Join documents with EOS (default), or as one text with blank lines."),
+    opt(["--batch-size"], type=int, default=None, help="Contexts per forward pass (default 8)."),
+    opt(["--dtype"], type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Model dtype (default float32)."),
+    opt(["--device"], default=None, help="auto, cpu (default), cuda, cuda:N or mps; auto picks cuda, then mps, then cpu."),
+    opt(["--seed"], type=int, default=None, help="Random seed, 0 to 2^32-1 (default 0)."),
+    opt(["--scope"], default=None, help="Weights to compress: comma list of attn, mlp, embed, lm_head (default attn,mlp)."),
+    opt(["--min-explained-variance"], type=float, default=None, help="Fit check threshold (default 0.5; 0 or less disables the fit check)."),
+    opt(["--fit-margin"], type=float, default=None, help="Fit check: stop when the SAE fits a neighbouring hook point within this of its own (default 0.01)."),
+    opt(["--calibration-tokens"], type=int, default=None, help="Tokens after the audit tokens set aside for data-aware compressors (default 8192 when one needs them)."),
+    opt(["--metric", "metrics"], multiple=True, help="Also run this metric plugin."),
+    opt(["--metric-option", "metric_option_items"], multiple=True, metavar="METRIC.KEY=VALUE",
+                 help="A metric's option (see `featsurv plugins`), e.g. predictor.folds=10."),
+    opt(["--trust-remote-code"], is_flag=True, default=None, help="Allow the model repo's own code (off by default)."),
+    opt(["--require-safetensors"], is_flag=True, default=None, help="Refuse a model whose weights are only in a pickle file."),
+    opt(["--out", "out_dir"], type=click.Path(file_okay=False), default=None, help="Result directory (default featsurv-runs/TIME-KIND)."),
+    opt(["-q", "--quiet"], is_flag=True, help="No progress on stderr."),
+]
+#: keys of the options above that are not AuditOptions fields
+CLI_ONLY = {"preset", "out_dir", "quiet", "keep_special", "metric_option_items"}
+
+
+def _metric_options(registry: Any) -> list[click.Option]:
+    out = []
+    for metric in registry.all("metrics"):
+        if metric.enable_flag:
+            out.append(click.Option([f"--{metric.enable_flag}", f"enable__{metric.name}"], is_flag=True, default=False,
+                                    help=f"Also run the {metric.name} metric: {metric.description}."))
+        for p in metric.options:
+            if p.flag:
+                kind = {int: int, float: float, str: str, bool: bool}.get(p.type, str)
+                choices = click.Choice(list(p.choices)) if p.choices else kind
+                out.append(click.Option([f"--{p.flag}", f"mopt__{metric.name}__{p.name}"], type=choices, default=None,
+                                        help=f"{p.help[:1].upper()}{p.help[1:]} (metric {metric.name}; default {p.default})."))
+    return out
 
 
 def audit_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_OPTIONS):
-        func = option(func)
+    """Give a command the host options (metric flags are added by :func:`add_metric_options`)."""
+    for decls, attrs in reversed(HOST_OPTIONS):
+        func = click.option(*decls, **attrs)(func)
     return func
+
+
+def add_metric_options(command: click.Command) -> click.Command:
+    """Give a command the flags of the metrics installed now (again when the plugins change)."""
+    from ..plugins import get_registry
+
+    registry = get_registry()
+    if getattr(command, "_featsurv_registry", None) is not registry:
+        command.params = [p for p in command.params if not (p.name or "").startswith(("enable__", "mopt__"))]
+        command.params.extend(_metric_options(registry))
+        command._featsurv_registry = registry  # type: ignore[attr-defined]
+    return command
+
+
+def flag_of(option: str) -> str:
+    """The CLI flag of an AuditOptions field, for messages (``n_tokens`` -> ``--tokens``)."""
+    for decls, attrs in HOST_OPTIONS:
+        parsed = click.Option(decls, **attrs)
+        if parsed.name == option:
+            return max(parsed.opts, key=len)
+    return "--" + option.replace("_", "-")
+
+
+def split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+    """(host option values given, metric options given, metrics enabled by flag) from click's kwargs."""
+    from ..metric_set import parse_assignments
+
+    host, metric_opts, enabled = {}, parse_assignments(kwargs.get("metric_option_items") or ()), []
+    for key, value in kwargs.items():
+        if key.startswith("enable__"):
+            if value:
+                enabled.append(key.split("__", 1)[1])
+        elif key.startswith("mopt__"):
+            if value is not None:
+                _, metric, option = key.split("__", 2)
+                metric_opts.setdefault(metric, {})[option] = value
+        elif key not in CLI_ONLY and value not in (None, (), []):
+            host[key] = list(value) if isinstance(value, tuple) else value
+    if kwargs.get("keep_special"):
+        host["exclude_special"] = False
+    return host, metric_opts, enabled
 
 
 def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """AuditOptions from CLI values over the preset's values; returns (options, preset or None)."""
-    from ..audit import AuditOptions
+    from ..data_paths import resolve
+    from ..options import OptionError, make_options
     from ..presets import get_preset
 
-    given = {k: v for k, v in kwargs.items() if k not in NON_OPTION_KEYS and v not in (None, (), [])}
-    if given.get("keep_special"):
-        given["exclude_special"] = False
-    given.pop("keep_special", None)
-    for key in ("saes", "hooks", "metrics"):
-        if key in given:
-            given[key] = list(given[key])
-    if "scope" in given:
-        given["scope"] = tuple(s.strip() for s in given["scope"].split(",") if s.strip())
-    preset = None
-    if kwargs.get("preset") or "model" not in given:
-        preset = get_preset(kwargs.get("preset"))
+    given, metric_opts, enabled = split_kwargs(kwargs)
+    preset = get_preset(kwargs.get("preset")) if kwargs.get("preset") or "model" not in given else None
     values: dict[str, Any] = dict(preset.options) if preset else {}
     if preset and "model" in given and "saes" not in given:
         raise FeatsurvError("--model was given without --sae", hint="Pass --sae for the model, or drop --model to use the preset")
     if "saes" in given and "hooks" not in given:
         values.pop("hooks", None)  # the preset's hooks belong to the preset's SAEs
+    merged = {m: dict(o) for m, o in (values.pop("metric_options", None) or {}).items()}
+    for metric, opts in metric_opts.items():
+        merged.setdefault(metric, {}).update(opts)
     values.update(given)
-    if "saes" not in values:
-        raise FeatsurvError("No SAE given", hint="Pass --sae DIR_OR_RELEASE:ID (repeat for several hooks)")
-    from ..data_paths import resolve
-
-    values["saes"] = [resolve(s) for s in values["saes"]]
+    values["metrics"] = list(dict.fromkeys([*values.get("metrics", []), *enabled]))
+    values["saes"] = [resolve(s) for s in values.get("saes", [])]
     if preset:
         values["preset"] = preset.name
-    return AuditOptions(**values), preset
+    try:
+        options = make_options(**values, metric_options=merged).validate()
+        from ..metric_set import parse_metric_options
+        from ..plugins import get_registry
+
+        parse_metric_options(get_registry(), merged)  # bad metric options fail here, before any work
+    except OptionError as exc:
+        raise exc.shown_as(flag_of(exc.option)) from None
+    return options, preset
 
 
 def published_for(options: Any, preset: Any) -> Any:
@@ -110,4 +171,8 @@ def parse_configurations(registry: Any, compressor: str, params: tuple[str, ...]
     raw = parse_assignments(params)
     if not raw and preset_params:
         raw = {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in preset_params.items()}
-    return [(compressor, cfg) for cfg in expand_grid(comp.params, raw, compressor)]
+    configurations = [(compressor, cfg) for cfg in expand_grid(comp.params, raw, compressor)]
+    if not configurations:
+        raise FeatsurvError(f"The -p values {' '.join(params)!r} give no configuration to run",
+                            hint="Give each -p key at least one value, e.g. -p bits=8,6")
+    return configurations

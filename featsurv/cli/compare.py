@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..errors import FeatsurvError
-from .common import audit_options, build_options, published_for, progress_for
+from .common import add_metric_options, audit_options, build_options, progress_for, published_for
 
 
 def _range(value: str | None) -> tuple[float, float] | None:
@@ -26,12 +26,15 @@ def _range(value: str | None) -> tuple[float, float] | None:
               help="Fixed parameter of B (the knob is searched).")
 @click.option("--knob", default=None, help="B's parameter to search (default: the one B declares).")
 @click.option("--range", "search_range", default=None, metavar="LO,HI", help="Search range of the knob.")
-@click.option("--steps", type=int, default=None, help="Bisection step budget (default 8).")
-@click.option("--rtol", type=float, default=None, help="Stop when perplexity is within this relative gap (default 0.005).")
-@click.option("--predict", is_flag=True, help="Also run the survival predictor on the result.")
+@click.option("--steps", type=int, default=None, help="Bisection step budget, 1 or more (default 8).")
+@click.option("--rtol", type=float, default=None, help="Stop when the matched value is within this relative gap (default 0.005).")
+@click.option("--search-tokens", type=int, default=None,
+              help="Bisect on the first N audit tokens (target measured on the same subset), then measure the "
+                   "chosen setting on all tokens (default: all tokens).")
 @audit_options
 def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, ...], knob: str | None,
-                search_range: str | None, steps: int | None, rtol: float | None, predict: bool, **kwargs) -> None:
+                search_range: str | None, steps: int | None, rtol: float | None, search_tokens: int | None,
+                **kwargs) -> None:
     """Compare compressors A and B at matched perplexity.
 
     A runs at the given strength (default: its own compare default, e.g. rtn bits=6); B's knob
@@ -48,26 +51,32 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
     options, preset = build_options(kwargs)
     comp_a, comp_b = registry.get("compressors", a), registry.get("compressors", b)
     spec = (preset.compare if preset else {}) or {}
+    same = lambda key, comp: bool(spec.get(key)) and registry.get("compressors", spec[key]).name == comp.name  # noqa: E731
     raw_a = parse_assignments(a_params)
     if not raw_a:
-        defaults = spec.get("a_params") if spec.get("a") == a else comp_a.compare_default
+        defaults = spec.get("a_params") if same("a", comp_a) else comp_a.compare_default
         raw_a = {k: [str(v)] for k, v in (defaults or {}).items()}
     grid_a = expand_grid(comp_a.params, raw_a, a)
     if len(grid_a) != 1:
         raise FeatsurvError("compare takes one configuration of A, not a sweep", hint="Give each -p one value")
     raw_b = parse_assignments(b_params)
-    if not raw_b and spec.get("b") == b:
+    if not raw_b and same("b", comp_b):
         raw_b = {k: [str(v)] for k, v in (spec.get("b_params") or {}).items()}
     grid_b = expand_grid(comp_b.params, raw_b, b)
     if len(grid_b) != 1:
         raise FeatsurvError("compare takes fixed values for B's other parameters", hint="Give each --param-b one value")
-    same_b = spec.get("b") == b
+    same_b = same("b", comp_b)
     knob_range = _range(search_range) or (tuple(spec["range"]) if same_b and "range" in spec else None)
-    steps = steps or (spec.get("steps") if same_b else None) or 8
+    steps = steps if steps is not None else ((spec.get("steps") if same_b else None) or 8)
     rtol = rtol if rtol is not None else (spec.get("rtol") if same_b and "rtol" in spec else 0.005)
+    if search_tokens is None and same_b:
+        search_tokens = spec.get("search_tokens")
     session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
     result = run_compare(options, (a, grid_a[0]), (b, grid_b[0]), knob=knob, knob_range=knob_range, steps=steps,
-                         rtol=rtol, out_dir=kwargs["out_dir"], analyses=("predictor",) if predict else (),
-                         session=session)
-    print_summary(result.summary, result.path)
-    print_published(result.summary, published_for(options, preset))
+                         rtol=rtol, search_tokens=search_tokens, out_dir=kwargs["out_dir"], session=session)
+    print_summary(result.summary, result.path, session.metrics)
+    print_published(result.summary, published_for(options, preset), registry)
+
+
+command = compare_cmd
+refresh = add_metric_options

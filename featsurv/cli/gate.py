@@ -37,3 +37,6 @@ def gate_cmd(ctx: click.Context, result_dir: str, min_survival: float | None, ma
     failed = sum(not line.passed for line in lines)
     click.echo(f"gate: {'PASS' if ok else 'FAIL'} ({len(lines) - failed} of {len(lines)} configurations pass)")
     ctx.exit(0 if ok else 1)
+
+
+command = gate_cmd

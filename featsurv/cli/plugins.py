@@ -23,6 +23,11 @@ def plugins_cmd(as_json: bool) -> None:
         for kind, names in info["provides"].items():
             for name in names:
                 item = registry.get(kind, name)
-                click.echo(f"    {kind[:-1].replace('_', ' ')} {name}: {item.description}")
+                aliases = getattr(item, "aliases", ())
+                also = f" (also: {', '.join(aliases)})" if aliases else ""
+                click.echo(f"    {kind[:-1].replace('_', ' ')} {name}{also}: {item.description}")
                 for p in describe(getattr(item, "params", ())):
                     click.echo(f"        -p {p['name']}=...  {p['allowed']} (default {p['default']}) {p['help']}")
+
+
+command = plugins_cmd

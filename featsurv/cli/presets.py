@@ -17,3 +17,6 @@ def presets_cmd(verbose: bool) -> None:
             o = p.options
             click.echo(f"    model {o['model']}; SAEs {', '.join(o['saes'])}")
             click.echo(f"    dataset {o.get('dataset')}; {o.get('n_tokens')} tokens; context {o.get('context')}")
+
+
+command = presets_cmd

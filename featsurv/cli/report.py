@@ -17,3 +17,6 @@ def report_cmd(result_dir: str, out_dir: str | None, top: int) -> None:
 
     run = RunResult.load(result_dir)
     click.echo(str(write_report(run, out_dir, top_n=top)))
+
+
+command = report_cmd

@@ -40,6 +40,15 @@ def save_png(fig: Any, path: Path) -> Path:
     return path
 
 
+def png_bytes(fig: Any) -> bytes:
+    """A figure as PNG bytes (for a metric's ReportSection.files)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None

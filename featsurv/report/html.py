@@ -25,6 +25,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
 details { margin: 0.4em 0 1em; } summary { cursor: pointer; font-weight: 600; }
 pre { background: #f7f7f9; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #555; font-size: 0.9em; }
+.wide { overflow-x: auto; max-width: 100%; }
 """
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featsurv.audit import AuditOptions, AuditSession
+from featsurv.audit import AuditSession, make_options
 from featsurv.cli import cli
 from featsurv.progress import Progress
 from featsurv.runs import run_audit
@@ -16,7 +16,7 @@ from featsurv.runs import run_audit
 
 def _options(tiny_models, tiny_sae, tiny_corpus, **kw):
     model = tiny_models["llama"]
-    return AuditOptions(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus),
+    return make_options(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus),
                         n_tokens=512, bootstrap=0, **kw)
 
 
@@ -45,7 +45,7 @@ def test_fp_weights_are_restored_after_each_configuration(torchao_registry, tiny
     before = {n: p.detach().clone() for n, p in session.loaded.model.named_parameters()}
     out = session.run("torchao", {"bits": 3, "granularity": "axis", "mapping": "symmetric", "algorithm": "affine"},
                       features=False)
-    assert out.perplexity > 0
+    assert out.model_metrics["perplexity"]["perplexity"] > 0 and out.target == out.model_metrics["perplexity"]["perplexity"]
     after = dict(session.loaded.model.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in before)
 

@@ -3,55 +3,42 @@ from __future__ import annotations
 
 import click
 
-from ..errors import FeatsurvError
-
-
-def metric_module(name: str):
-    """The module of the metric plugin registered as ``name``, found through the plugin registry."""
-    import sys
-
-    from ..plugins import get_registry
-
-    metric = get_registry().get("metrics", name)  # unknown or disabled: a clear error
-    return sys.modules[type(metric).__module__]
-
 
 @click.command("predict")
 @click.argument("result_dir", metavar="RESULT_DIR")
-@click.option("--folds", "-k", default=5, show_default=True, type=click.IntRange(min=2),
+@click.option("--folds", "-k", default=5, show_default=True, type=click.IntRange(min=2, max=100),
               help="Stratified cross-validation folds (lowered automatically for a tiny class).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fold shuffle and LightGBM.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the fold shuffle and LightGBM.")
+@click.option("--statistics", type=click.Choice(["all", "core"]), default="all", show_default=True,
+              help="all: every FP statistic the SAE gives; core: the reference study's four.")
 @click.option("--no-report", is_flag=True, help="Do not re-render report.html.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored JSON instead of the table.")
-def predict_cmd(result_dir: str, folds: int, seed: int, no_report: bool, as_json: bool) -> None:
+def predict_cmd(result_dir: str, folds: int, seed: int, statistics: str, no_report: bool, as_json: bool) -> None:
     """Predict which features survive from FP statistics alone.
 
-    For every configuration (and hook) of a finished audit in RESULT_DIR, fits a logistic
+    For every configuration (and hook point) of a finished audit in RESULT_DIR, fits a logistic
     regression and LightGBM on the active features' FP statistics (rarity, log mean and peak
     activation, concentration, SAE weight norms when present) and reports stratified k-fold ROC
     AUC, plus the AUC of each statistic alone. Stores the result in summary.json under
     "predictors" and re-renders report.html.
     """
-    from ..results import RunResult, dumps
+    from featsurv import FeatsurvError
+    from featsurv.results import RunResult, dumps
+
+    from .metric_predictor import Predictor, format_table, predict_run
 
     run = RunResult.load(result_dir)
     if run.features is None or len(run.features) == 0:
         raise FeatsurvError(f"{result_dir!r} holds no per-feature results (features.parquet is empty)",
                             hint="Run `featsurv audit` with at least one configuration first")
-    mod = metric_module("predictor")
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    predictors = mod.predict_run(run, k=folds, seed=seed, progress=progress)
-    run.summary["predictors"] = predictors
+    predictors = predict_run(run, k=folds, seed=seed, progress=progress, statistics=statistics)
+    run.summary[Predictor.summary_key] = predictors
     run.save_summary()
     click.echo(f"predictor: stored in {run.path / 'summary.json'}", err=True)
-    if as_json:
-        click.echo(dumps(predictors), nl=False)
-    else:
-        click.echo(mod.format_table(predictors))
+    click.echo(dumps(predictors), nl=False) if as_json else click.echo(format_table(predictors))
     if not no_report:
-        try:
-            from ..report import write_report
-        except ImportError:  # pragma: no cover - report is part of featsurv
-            return
-        path = write_report(run)
-        click.echo(f"report: {path}", err=True)
+        from featsurv.report import write_report
+
+        click.echo(f"report: {write_report(run)}", err=True)

@@ -1,0 +1,99 @@
+"""Turning a session's outcomes into a run's result: summary entries, the feature table, run.json."""
+from __future__ import annotations
+
+import platform
+from typing import Any, Sequence
+
+from .audit import AuditSession
+from .configuration import Outcome
+from .results import RunResult
+
+VERSIONED = ("featsurv", "torch", "transformers", "sae-lens", "numpy", "scipy", "scikit-learn", "lightgbm")
+
+
+def summary_entries(session: AuditSession, outcome: Outcome) -> list[dict[str, Any]]:
+    """One entry per hook point of a configuration (model-only outcomes: one entry, no hook)."""
+    base = {"label": outcome.label, "compressor": outcome.compressor, "params": outcome.params}
+    hooks = list(outcome.features) or [None]
+    return [session.metrics.entry({**base, "hook": hook}, outcome, hook, session.baseline) for hook in hooks]
+
+
+def feature_frame(session: AuditSession, outcome: Outcome) -> Any:
+    """features.parquet rows of one configuration: one per (hook point, feature)."""
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for hook, by_metric in outcome.features.items():
+        state = session.hooks[hook]
+        cols: dict[str, Any] = {"config": outcome.label, "compressor": outcome.compressor, "hook": hook,
+                                "feature": np.arange(state.sae.d_sae, dtype=np.int32)}
+        for name, res in by_metric.items():
+            cols.update(session.metrics.feature_columns(name, res.per_feature))
+        cols.update(state.fp_stats)
+        cols.update(state.sae.feature_stats())
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def metric_tables(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Every metric's extra tables, concatenated over configurations and hook points."""
+    import pandas as pd
+
+    parts: dict[str, list[Any]] = {}
+    for out in outcomes:
+        for hook, by_metric in out.features.items():
+            for res in by_metric.values():
+                for name, table in res.tables.items():
+                    parts.setdefault(name, []).append(table.assign(config=out.label, hook=hook))
+    return {f"{name}.parquet": pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+
+
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for dist in VERSIONED:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def run_record(session: AuditSession, command: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """run.json: what defined the run, where it ran, with what, and how long each part took."""
+    import torch
+
+    return {
+        "command": command, "options": session.options.record(), "metric_options": session.metrics.record(),
+        "derived": session.derived, "seed": session.options.seed, "device": session.derived.get("device"),
+        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+        "platform": platform.platform(), "versions": versions(),
+        "plugins": [p.as_json() for p in session.registry.plugins.values()],
+        "adapter": session.loaded.adapter.name if session.loaded else None,
+        "timings": dict(session.timings), "calibration": dict(session.calibrated),
+        **(extra or {}),
+    }
+
+
+def assemble(session: AuditSession, outcomes: Sequence[Outcome], command: str,
+             comparisons: list[dict[str, Any]] | None = None, extra_run: dict[str, Any] | None = None) -> RunResult:
+    """The in-memory result of a run (summary, per-feature table, run record, extra tables)."""
+    import pandas as pd
+
+    summary: dict[str, Any] = {
+        "baseline": session.baseline,
+        "metric_options": session.metrics.record(),
+        "results": [e for out in outcomes for e in summary_entries(session, out)],
+    }
+    if comparisons is not None:
+        summary["comparisons"] = comparisons
+    frames = [feature_frame(session, out) for out in outcomes if out.features]
+    features = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    configs = [{"label": o.label, "compressor": o.compressor, "params": o.params, "seconds": o.seconds}
+               for o in outcomes]
+    run = run_record(session, command, {"configurations": configs, **(extra_run or {})})
+    result = RunResult(run, summary, features)
+    result.extra["tables"] = metric_tables(outcomes)
+    return result

@@ -1,0 +1,95 @@
+"""The FP pass: once per audit, every hook point read in the same forward pass.
+
+Per hook point it keeps the FP features (sparse, per batch) for every later configuration, the
+FP statistics (firing rate, mean, peak), the SAE's explained variance, each metric's FP
+accumulator, and checks that activations are finite. Then the fit check.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FeatsurvError
+from .fit_check import NeighbourFit, check_fit
+from .metric_set import MetricSet
+from .passes import run_pass
+from .stats import ExplainedVariance, FeatureStats
+from .workbench import Workbench
+
+
+@dataclass
+class FPView:
+    """What metrics' ``baseline`` hooks see: FP model metrics and the hook states."""
+
+    model_metrics: dict[str, Any]
+    hooks: dict[str, Any]
+
+
+def sparse(f: Any) -> Any:
+    """FP features of one batch, kept as a CSR matrix (they are mostly zeros)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return f.detach().float().to_sparse_csr()
+
+
+class FPCollector:
+    """The per-hook-point state the FP pass fills."""
+
+    def __init__(self, bench: Workbench, metrics: MetricSet):
+        self.bench = bench
+        self.stats = {h: FeatureStats(s.sae.d_sae) for h, s in bench.hooks.items()}
+        self.ev = {h: ExplainedVariance(s.sae.d_in) for h, s in bench.hooks.items()}
+        self.accs = {h: metrics.collect("fp_accumulator", s.sae.d_sae) for h, s in bench.hooks.items()}
+        self.nonfinite: set[str] = set()
+
+    def consume(self, hook: str, x: Any, f: Any, batch: Any) -> None:
+        import torch
+
+        state = self.bench.hooks[hook]
+        if not bool(torch.isfinite(x).all()):
+            self.nonfinite.add(hook)
+        self.ev[hook].update(x, state.sae.decode(f))
+        self.stats[hook].update(f)
+        state.fp_batches.append(sparse(f))
+        for acc in self.accs[hook].values():
+            acc.update(f, batch)
+
+    def finish(self) -> None:
+        if self.nonfinite:
+            raise FeatsurvError(
+                f"The FP model's activations are not finite (NaN or inf) at {', '.join(sorted(self.nonfinite))}: "
+                "nothing measured against them would mean anything",
+                hint="Check the model's weights (a NaN or inf in them), or load it in float32 (--dtype float32)")
+        for hook, state in self.bench.hooks.items():
+            state.fp_stats = self.stats[hook].result()
+            state.explained_variance = self.ev[hook].result()
+            state.fp_results = {name: acc.result() for name, acc in self.accs[hook].items()}
+
+
+def fp_pass(bench: Workbench, metrics: MetricSet) -> dict[str, Any]:
+    """Run the FP pass and the fit check; return the baseline (summary.json ``baseline``)."""
+    t0 = time.perf_counter()
+    tokens = bench.tokens
+    collector = FPCollector(bench, metrics)
+    fit = NeighbourFit(bench)
+    model_accs = metrics.collect("model_accumulator")
+    bench.progress(f"FP pass over {tokens.n_contexts} contexts ({tokens.n_tokens} kept tokens)")
+    run_pass(bench, tokens, list(bench.hooks), model_accs, collector.consume, "FP pass",
+             extra_hooks=fit.extra_hooks, on_acts=fit.on_acts)
+    collector.finish()
+    model_metrics = {name: acc.result() for name, acc in model_accs.items()}
+    model_metrics.update(metrics.collect("evaluate", bench.loaded, tokens))
+    bench.timed("fp_pass", t0)
+    check_fit(bench, fit.results())
+    baseline = {
+        "n_tokens": tokens.n_tokens, "n_contexts": tokens.n_contexts, "context": tokens.context,
+        "prepend_bos": tokens.prepend_bos, "metrics": model_metrics,
+        "saes": {h: {"spec": s.sae.spec, "architecture": s.sae.architecture, "d_in": s.sae.d_in,
+                     "model_name": s.sae.model_name, "neuronpedia_id": s.sae.neuronpedia_id, "d_sae": s.sae.d_sae,
+                     "explained_variance": s.explained_variance, "fit": s.fit}
+                 for h, s in bench.hooks.items()},
+    }
+    return metrics.baseline(baseline, FPView(model_metrics, bench.hooks))
