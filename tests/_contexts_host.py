@@ -1,107 +1,117 @@
-"""Test helper: drive the ``contexts`` metric exactly as the metric contract says the host does.
+"""Test helpers for the contexts metric and the explorer.
 
-FP accumulators are fed ``update(fp, batch)`` over the FP features of every batch; each
-configuration's feature accumulator gets ``fp_result=`` and ``update(fp, compressed, batch)``.
-Also returns the dense FP and compressed features of every kept token, for oracles.
+- ``DenseProbe``: a test-only metric that keeps every batch's dense FP and compressed features
+  (fine for tiny models), the oracle the contexts metric is checked against, run by the real host
+  in the same audit;
+- ``run_with_contexts``: a whole audit through the host (contexts.parquet, explorer.html);
+- ``synthetic_run``: an in-memory run of a large SAE with a contexts table, for page tests.
 """
 from __future__ import annotations
 
 from typing import Any
 
-
-def batches(session: Any):
-    """(ids, keep, Batch) per batch of the session's token set, as the host builds them."""
-    from featsurv import Batch
-
-    bs = session.options.batch_size
-    for i, (ids, keep) in enumerate(session.tokens.batches(bs)):
-        yield ids, keep, Batch(i, i * bs, keep.sum(1).tolist(), keep.nonzero()[:, 1], ids,
-                               session.loaded.tokenizer)
+from featsurv import FeatureAccumulator, FeatureResult, Metric, hookimpl
+from featsurv.base import FPAccumulator
 
 
-def fp_pass(session: Any, metric: Any, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per hook: the FP accumulator's result and the dense FP features [N, d_sae]."""
-    import torch
+class _DenseFP(FPAccumulator):
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
 
-    results, dense = {}, {}
-    for hook, state in session.hooks.items():
-        acc = metric.fp_accumulator(state.sae.d_sae, options)
-        parts = []
-        for (_, _, batch), csr in zip(batches(session), state.fp_batches):
-            fp = csr.to_dense()
-            acc.update(fp, batch)
-            parts.append(fp)
-        results[hook] = acc.result()
-        dense[hook] = torch.cat(parts)
-    return results, dense
+    def update(self, fp: Any, batch: Any) -> None:
+        self.parts.append(fp.detach().float().cpu().clone())
+
+    def result(self) -> Any:
+        import torch
+
+        return torch.cat(self.parts)
 
 
-def configuration(session: Any, metric: Any, options: dict[str, Any], fp_results: dict[str, Any],
-                  compressor: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Compress, feed every hook's feature accumulator, restore; per hook the result and dense features."""
-    import torch
+class _DenseConfig(FeatureAccumulator):
+    def __init__(self, fp: Any) -> None:
+        self.fp, self.parts = fp, []
 
-    from featsurv.capture import capture
+    def update(self, fp: Any, compressed: Any, batch: Any) -> None:
+        self.parts.append(compressed.detach().float().cpu().clone())
 
-    sess = session
-    comp = sess.registry.get("compressors", compressor)
-    targets = sess.loaded.adapter.compressible_weights(sess.loaded.model, sess.options.scope)
-    snapshot = [t.weight.detach().clone() for t in targets]
-    accs = {h: metric.feature_accumulator(s.sae.d_sae, options, fp_result=fp_results[h]) for h, s in sess.hooks.items()}
-    dense: dict[str, list[Any]] = {h: [] for h in sess.hooks}
-    try:
-        torch.manual_seed(sess.options.seed)
-        comp.compress(targets, dict(params))
-        for t in targets:
-            t.sync()
-        with torch.no_grad(), capture(sess.loaded.adapter, sess.loaded.model, list(sess.hooks)) as acts:
-            for (ids, keep, batch), i in zip(batches(sess), range(10**9)):
-                sess._forward(ids)
-                for hook, state in sess.hooks.items():
-                    _, f = sess._encode(state, acts[hook], keep)
-                    f = f.detach().float()
-                    fp = state.fp_batches[i].to_dense()
-                    accs[hook].update(fp, f, batch)
-                    dense[hook].append(f)
-    finally:
-        with torch.no_grad():
-            for t, w in zip(targets, snapshot):
-                t.weight.copy_(w)
-                t.sync()
-    return ({h: acc.result(sess.hooks[h].fp_stats) for h, acc in accs.items()},
-            {h: torch.cat(v) for h, v in dense.items()})
+    def result(self, fp_stats: Any) -> FeatureResult:
+        import torch
+
+        return _Dense(self.fp, torch.cat(self.parts))
+
+
+class _Dense(FeatureResult):
+    def __init__(self, fp: Any, compressed: Any) -> None:
+        super().__init__({}, {}, {})
+        self.fp, self.compressed = fp, compressed
+
+
+class DenseProbe(Metric):
+    """Keeps the dense FP and compressed features of every kept token (tests on tiny models only)."""
+
+    name = "dense_probe"
+    default = True
+
+    def fp_accumulator(self, d_sae: int, options: dict[str, Any]) -> FPAccumulator:
+        return _DenseFP()
+
+    def feature_accumulator(self, d_sae: int, options: dict[str, Any], fp_result: Any = None) -> FeatureAccumulator:
+        return _DenseConfig(fp_result)
+
+
+class _ProbePlugin:
+    @hookimpl
+    def register_metrics(self, register: Any) -> None:
+        register(DenseProbe())
+
+
+def with_probe():
+    """A context manager: the registry holds DenseProbe while it is open."""
+    import contextlib
+
+    from featsurv import plugins
+
+    @contextlib.contextmanager
+    def cm():
+        plugins.reset_registry()
+        plugins.get_registry().add_plugin(_ProbePlugin(), "dense-probe", "tests", "0")
+        try:
+            yield
+        finally:
+            plugins.reset_registry()
+
+    return cm()
 
 
 def run_with_contexts(options: Any, configurations: list[tuple[str, dict[str, Any]]], out_dir: Any,
-                      k: int = 5, window: int = 4) -> Any:
-    """A whole audit with the contexts metric, written to ``out_dir`` (contexts.parquet included)."""
-    import pandas as pd
+                      k: int = 5, window: int = 4, probe: bool = False) -> tuple[Any, Any]:
+    """A whole audit through the host with the contexts metric (k, window), written to ``out_dir``.
+
+    Returns the RunResult and the contexts table; with ``probe`` the result's outcomes carry the
+    dense features (``result.extra["dense"][(label, hook)] = (fp, compressed)``)."""
+    import contextlib
 
     from featsurv.audit import AuditSession
-    from featsurv.explorer.page import write_explorer
-    from featsurv.runs import assemble
-    from featsurv.results import write_run
-    from featsurv_plugins.metric_contexts import Contexts
+    from featsurv.assembly import assemble
+    from featsurv.runs import finish
 
-    metric = Contexts()
-    opts = {"k": k, "window": window, "seed": 0}
-    session = AuditSession(options)
-    session.prepare()
-    fp_results, _ = fp_pass(session, metric, opts)
-    outcomes, tables = [], []
-    for name, params in configurations:
-        outcome = session.run(name, params)
-        res, _ = configuration(session, metric, opts, fp_results, name, params)
-        for hook, r in res.items():
-            outcome.features[hook]["contexts"] = r
-            tables.append(r.tables["contexts"].assign(config=outcome.label, hook=hook))
-        outcomes.append(outcome)
-    result = assemble(session, outcomes, "audit")
-    path = write_run(out_dir, result)
-    contexts = pd.concat(tables, ignore_index=True)
-    contexts.to_parquet(path / "contexts.parquet")
-    write_explorer(result, path, contexts=contexts)
-    return result, contexts
+    options.metric_options = {**options.metric_options, "contexts": {"k": k, "window": window}}
+    with with_probe() if probe else contextlib.nullcontext():
+        session = AuditSession(options)
+        session.prepare()
+        outcomes = []
+        for name, params in configurations:
+            declared = {p.name: p.default for p in session.compressor(name).params}
+            outcomes.append(session.run(name, {**declared, **params}))
+        result = assemble(session, outcomes, "audit")
+        if probe:
+            result.extra["dense"] = {(o.label, h): (r["dense_probe"].fp, r["dense_probe"].compressed)
+                                     for o in outcomes for h, r in o.features.items()}
+            result.extra["keep"] = session.tokens.keep.clone()
+            result.extra["contexts_ids"] = session.tokens.contexts.clone()
+            result.extra["tokenizer"] = session.loaded.tokenizer
+        result = finish(session, result, out_dir, "audit")
+    return result, result.extra["tables"]["contexts.parquet"]
 
 
 def synthetic_run(d_sae: int = 16384, configs: tuple[str, ...] = ("rtn int6", "magnitude sparsity=0.3"),

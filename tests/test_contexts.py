@@ -176,54 +176,58 @@ def real_run(tmp_path_factory, tiny_models, tiny_sae, tiny_corpus):
 
     model = tiny_models["gpt_neox"]
     opts = AuditOptions(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=512,
-                        context=32, batch_size=4, bootstrap=0)
+                        context=32, batch_size=4, metric_options={"survival": {"bootstrap": 0}})
     out = tmp_path_factory.mktemp("ctxrun") / "run"
-    result, contexts = run_with_contexts(opts, [("rtn", {"bits": 3, "symmetric": True, "granularity": "channel"})],
-                                         out, k=4, window=3)
+    result, contexts = run_with_contexts(opts, [("rtn", {"bits": 3})], out, k=4, window=3)
     return out, result, contexts
 
 
-def test_on_a_real_model_positions_and_activations(tiny_models, tiny_sae, tiny_corpus):
-    """Host-driven on a tiny GPT-NeoX: the FP top-k equals the dense FP top-k, and the compressed
-    activations at those positions equal the compressed model's SAE features there."""
-    from _contexts_host import configuration, fp_pass
-
-    from featsurv.audit import AuditOptions, AuditSession
+def test_on_a_real_model_positions_and_activations(tmp_path, tiny_models, tiny_sae, tiny_corpus):
+    """Through the host on a tiny GPT-NeoX: the FP top-k equals the dense FP top-k, and the
+    compressed activations at those positions equal the compressed model's SAE features there
+    (the dense features come from a probe metric in the same audit)."""
+    from featsurv.audit import AuditOptions
 
     model = tiny_models["gpt_neox"]
     opts = AuditOptions(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=512,
-                        context=32, batch_size=3, bootstrap=0)
-    session = AuditSession(opts)
-    session.prepare()
-    metric, mopts = Contexts(), {"k": 5, "window": 2}
-    fp_results, fp_dense = fp_pass(session, metric, mopts)
-    res, comp_dense = configuration(session, metric, mopts, fp_results, "rtn", {"bits": 3, "symmetric": True,
-                                                                               "granularity": "channel"})
-    hook = next(iter(session.hooks))
-    keep = session.tokens.keep
+                        context=32, batch_size=3, metric_options={"survival": {"bootstrap": 0}})
+    result, table = run_with_contexts(opts, [("rtn", {"bits": 3})], tmp_path / "run", k=5, window=2, probe=True)
+    (label, hook), (fp, comp) = next(iter(result.extra["dense"].items()))
+    keep = result.extra["keep"]
     ctx_of, pos_of = keep.nonzero()[:, 0], keep.nonzero()[:, 1]
     c = keep.shape[1]
     keys = (ctx_of * c + pos_of).numpy()
-    fp, comp = fp_dense[hook], comp_dense[hook]
+    fp_rows = table[(table["kind"] == "fp_top") & (table["config"] == label) & (table["hook"] == hook)]
     want = dense_topk(fp.numpy(), keys, 5)
-    table = res[hook].tables["contexts"]
-    fp_rows = table[table["kind"] == "fp_top"]
     for f in range(fp.shape[1]):
         rows = fp_rows[fp_rows["feature"] == f].sort_values("rank")
         assert [(r["context"] * c + r["position"], r["fp_act"]) for r in rows.to_dict("records")] == want[f]
     row_of = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(ctx_of, pos_of))}
     sel = [row_of[(a, b)] for a, b in zip(fp_rows["context"], fp_rows["position"])]
-    np.testing.assert_array_equal(fp_rows["compressed_act"].to_numpy(), comp[sel, fp_rows["feature"].to_numpy().copy()].numpy())
+    np.testing.assert_array_equal(fp_rows["compressed_act"].to_numpy(),
+                                  comp[sel, fp_rows["feature"].to_numpy().copy()].numpy())
     assert (fp_rows["compressed_act"] != fp_rows["fp_act"]).any()  # int3 changes the features
+    ct = table[(table["kind"] == "compressed_top") & (table["config"] == label)]
+    want_c = dense_topk(comp.numpy(), keys, 5)
+    for f in range(comp.shape[1]):
+        rows = ct[ct["feature"] == f].sort_values("rank")
+        assert [(r["context"] * c + r["position"], r["compressed_act"]) for r in rows.to_dict("records")] == want_c[f]
     # windows: the token ids of the audit contexts, decoded text from the model's tokenizer
-    tok = session.loaded.tokenizer
+    tok, ids_all = result.extra["tokenizer"], result.extra["contexts_ids"]
     for rec in fp_rows.head(20).to_dict("records"):
         ctx, pos = rec["context"], rec["position"]
         lo, hi = max(0, pos - 2), min(c, pos + 3)
-        ids = session.tokens.contexts[ctx, lo:hi].tolist()
+        ids = ids_all[ctx, lo:hi].tolist()
         assert [i for i in list(rec["window_ids"]) if i >= 0] == ids
         assert rec["text"] == "".join(tok.decode([i]) for i in ids)
-        assert rec["window_tokens"][rec["target"]] == tok.decode([int(session.tokens.contexts[ctx, pos])])
+        assert rec["window_tokens"][rec["target"]] == tok.decode([int(ids_all[ctx, pos])])
+    # the host wrote it all: the table, the per-feature overlap, the summary, the report's link
+    out = tmp_path / "run"
+    assert len(pd.read_parquet(out / "contexts.parquet")) == len(table)
+    assert "contexts.top_overlap" in pd.read_parquet(out / "features.parquet").columns
+    entry = json.loads((out / "summary.json").read_text())["results"][0]
+    assert entry["metrics"]["contexts"]["k"] == 5 and entry["metrics"]["contexts"]["n_rows"] == len(table)
+    assert 'href="explorer.html"' in (out / "report.html").read_text() and (out / "explorer.html").is_file()
 
 
 def test_run_directory_holds_the_contexts_table(real_run):

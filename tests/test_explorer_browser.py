@@ -105,11 +105,9 @@ def small(tmp_path_factory, tiny_models, tiny_sae, tiny_corpus):
 
     model = tiny_models["gpt_neox"]
     opts = AuditOptions(model=str(model), saes=[str(tiny_sae(model))], dataset=str(tiny_corpus), n_tokens=512,
-                        context=32, batch_size=4, bootstrap=0)
+                        context=32, batch_size=4, metric_options={"survival": {"bootstrap": 0}})
     out = tmp_path_factory.mktemp("explorer") / "run"
-    result, contexts = run_with_contexts(opts, [("rtn", {"bits": 4, "symmetric": True, "granularity": "channel"}),
-                                                ("rtn", {"bits": 2, "symmetric": True, "granularity": "channel"})],
-                                         out, k=6, window=3)
+    result, contexts = run_with_contexts(opts, [("rtn", {"bits": 4}), ("rtn", {"bits": 2})], out, k=6, window=3)
     hook = result.features["hook"].iloc[0]
     result.summary["baseline"]["saes"][hook]["neuronpedia_id"] = "tiny-model/1-res-test"
     active = result.features[result.features["active"]]

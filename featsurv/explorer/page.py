@@ -50,8 +50,10 @@ def _g(v: Any) -> Any:
 def load_contexts(run: Any) -> Any:
     """The run's contexts table: in memory (``run.tables`` / ``run.extra``) or contexts.parquet."""
     for holder in (getattr(run, "tables", None), (getattr(run, "extra", None) or {}).get("tables")):
-        if isinstance(holder, dict) and holder.get("contexts") is not None:
-            return holder["contexts"]
+        if isinstance(holder, dict):
+            for key in ("contexts.parquet", "contexts"):
+                if holder.get(key) is not None:
+                    return holder[key]
     path = getattr(run, "path", None)
     if path is not None and (Path(path) / "contexts.parquet").is_file():
         import pandas as pd
