@@ -40,10 +40,10 @@ def _feature_id(raw: str, where: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise FeatsurvError(f"Bad watch list {where}: {raw.strip()!r} is not a feature id",
+        raise FeatsurvError(f"{where}: {raw.strip()!r} is not a feature id",
                             allowed="a whole number of 0 or more", hint=FORMAT_HINT) from None
     if value < 0:
-        raise FeatsurvError(f"Bad watch list {where}: feature id {value} is negative",
+        raise FeatsurvError(f"{where}: feature id {value} is negative",
                             allowed="a whole number of 0 or more", hint=FORMAT_HINT)
     return value
 
@@ -64,7 +64,7 @@ def parse_watch(text: str, source: str = "watch list") -> list[WatchItem]:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        where = f"{source}, line {number}"
+        where = f"{source[:1].upper()}{source[1:]}, line {number}"
         delimiter = "\t" if "\t" in stripped and "," not in stripped else ","
         fields = [f.strip() for f in next(csv.reader(io.StringIO(stripped), delimiter=delimiter, skipinitialspace=True))]
         if header is None and not items and "feature" in [f.lower() for f in fields]:
@@ -73,19 +73,19 @@ def parse_watch(text: str, source: str = "watch list") -> list[WatchItem]:
         if header is not None:
             row = dict(zip(header, fields))
             if not row.get("feature"):
-                raise FeatsurvError(f"Bad watch list {where}: no value in the feature column", hint=FORMAT_HINT)
+                raise FeatsurvError(f"{where}: no value in the feature column", hint=FORMAT_HINT)
             items.append(WatchItem(_feature_id(row["feature"], where), row.get("hook") or None,
                                    row.get("name", ""), row.get("note", "")))
-        elif len(fields) == 1 and all(_is_int(t) for t in fields[0].split()):
+        elif len(fields) == 1:  # bare ids, one or several separated by spaces
             items += [WatchItem(_feature_id(t, where)) for t in fields[0].split()]
         elif _is_int(fields[0]):
             if len(fields) > 3:
-                raise FeatsurvError(f"Bad watch list {where}: {len(fields)} fields after a bare feature id",
+                raise FeatsurvError(f"{where}: {len(fields)} fields after a bare feature id",
                                     hint=FORMAT_HINT)
             items.append(WatchItem(_feature_id(fields[0], where), None, *(fields[1:] + ["", ""])[:2]))
         else:
-            if len(fields) < 2 or len(fields) > 4:
-                raise FeatsurvError(f"Bad watch list {where}: {stripped!r}", hint=FORMAT_HINT)
+            if len(fields) > 4:
+                raise FeatsurvError(f"{where}: {len(fields)} fields in {stripped!r}", hint=FORMAT_HINT)
             items.append(WatchItem(_feature_id(fields[1], where), fields[0], *(fields[2:] + ["", ""])[:2]))
     seen: set[tuple[str | None, int]] = set()
     unique = []
@@ -231,6 +231,14 @@ def gate_lines(section: dict[str, Any], min_watched_survival: float = 1.0) -> li
     return lines
 
 
+def thresholds(summary: dict[str, Any]) -> dict[str, float]:
+    """The run's band thresholds: summary ``metric_options.survival`` (older runs: ``options``)."""
+    summary = summary or {}
+    opts = ((summary.get("metric_options") or {}).get("survival") or summary.get("options") or {})
+    return {"survived_above": float(opts.get("survived_above", 0.9)),
+            "damaged_below": float(opts.get("damaged_below", 0.5))}
+
+
 def watch_gate(result_dir: Any, watch: Any, min_watched_survival: float = 1.0,
                summary: dict[str, Any] | None = None) -> list[Any]:
     """Gate lines of a finished run's directory against a watch list."""
@@ -243,10 +251,10 @@ def watch_gate(result_dir: Any, watch: Any, min_watched_survival: float = 1.0,
     p = Path(result_dir)
     if summary is None:
         summary = json.loads((p / SUMMARY_FILE).read_text(encoding="utf-8"))
-    above = float(((summary or {}).get("options") or {}).get("survived_above", 0.9))
+    above = thresholds(summary)["survived_above"]
     features = pd.read_parquet(p / FEATURES_FILE, columns=None)
     return gate_lines(watched_section(features, watch, above), min_watched_survival)
 
 
 __all__ = ["WatchItem", "parse_watch", "load_watch", "resolve_watch", "watched_section", "gate_lines",
-           "watch_gate", "COLUMNS"]
+           "watch_gate", "thresholds", "COLUMNS"]

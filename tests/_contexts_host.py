@@ -184,6 +184,6 @@ def synthetic_run(d_sae: int = 16384, configs: tuple[str, ...] = ("rtn int6", "m
     features = pd.concat(frames, ignore_index=True)
     summary = {"baseline": {"n_tokens": n_ctx * ctx_len, "perplexity": 12.3,
                             "saes": {hook: {"d_sae": d_sae, "neuronpedia_id": "gemma-2-2b/12-gemmascope-res-16k"}}},
-               "options": {"survived_above": 0.9, "damaged_below": 0.5},
+               "metric_options": {"survival": {"survived_above": 0.9, "damaged_below": 0.5}},
                "results": [{"label": c, "hook": hook} for c in configs]}
     return RunResult({"command": "synthetic"}, summary, features), pd.concat(ctx_frames, ignore_index=True)

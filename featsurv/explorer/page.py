@@ -303,7 +303,8 @@ def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tupl
     results = [r for r in summary.get("results") or [] if isinstance(r, dict)]
     order = list(dict.fromkeys(str(r.get("label")) for r in results if str(r.get("label")) in configs))
     configs = order + [c for c in configs if c not in order]
-    opts = summary.get("options") or {}
+    from ..watch import thresholds
+
     feats = _feature_rows(features, hooks, configs) if hooks else []
     windows = _Windows(contexts, hooks, configs, shown) if contexts is not None and len(contexts) else None
     np_ids = neuronpedia_ids(summary)
@@ -311,8 +312,7 @@ def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tupl
     data = {
         "v": 1,
         "hooks": hooks, "configs": configs,
-        "th": {"survived_above": float(opts.get("survived_above", 0.9)),
-               "damaged_below": float(opts.get("damaged_below", 0.5))},
+        "th": thresholds(summary),
         "np": [np_ids.get(h) for h in hooks],
         "stats": sorted({s for e in feats for s in e["s"]}, key=lambda s: (FP_STATS + EXTRA_STATS).index(s)),
         "feats": feats,
