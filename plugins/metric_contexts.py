@@ -13,7 +13,7 @@ the compressed top-k), the report section linking ``explorer.html``, and the com
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from featsurv import FeatureAccumulator, FeatureResult, Metric, Param, hookimpl
@@ -33,6 +33,7 @@ class FPContexts:
     context_length: int
     entries: Any  # featsurv.explorer.topk.TopKEntries; payload: fp_window [n, W], ids [n, W]
     tokenizer: Any = None
+    cache: dict[str, Any] = field(default_factory=dict)  # decoded tokens, FP rows (shared by configurations)
 
 
 class ContextsFPAccumulator(FPAccumulator):
@@ -47,14 +48,14 @@ class ContextsFPAccumulator(FPAccumulator):
     def update(self, fp: Any, batch: Any) -> None:
         from featsurv.explorer.topk import BatchLayout, gather_rows
 
-        layout = BatchLayout(batch, fp.device)
+        layout = BatchLayout(batch)
         self.context_length = layout.context_length
         if self.tokenizer is None:
             self.tokenizer = getattr(batch, "tokenizer", None)
 
         def payload(rows: Any, feats: Any) -> dict[str, Any]:
             wrows, ids = layout.windows(layout.local[rows], layout.positions[rows], self.window)
-            return {"fp_window": gather_rows(fp, wrows, feats), "ids": ids.int()}
+            return {"fp_window": gather_rows(fp, wrows, feats), "ids": ids.astype("int32")}
 
         self.topk.update(fp, layout.keys, payload)
 
@@ -76,28 +77,26 @@ class ContextsAccumulator(FeatureAccumulator):
 
     def update(self, fp: Any, compressed: Any, batch: Any) -> None:
         import numpy as np
-        import torch
 
         from featsurv.explorer.topk import BatchLayout, gather_rows
 
-        layout = BatchLayout(batch, compressed.device)
+        layout = BatchLayout(batch)
         e, c, w = self.fp.entries, layout.context_length, self.fp.window
         lo, hi = layout.key_range()
         i0, i1 = np.searchsorted(e.key, [lo, hi])
         if i1 > i0:  # FP top-k positions inside this batch: the compressed activations there
-            keys = torch.as_tensor(e.key[i0:i1], device=compressed.device)
-            feats = torch.as_tensor(e.feature[i0:i1], device=compressed.device)
+            keys, feats = e.key[i0:i1], e.feature[i0:i1]
             local, pos = keys // c - layout.first_context, keys % c
             rows = layout.row_of[local, pos]
-            self.comp_act[i0:i1] = gather_rows(compressed, rows[:, None], feats)[:, 0].cpu().numpy()
+            self.comp_act[i0:i1] = gather_rows(compressed, rows[:, None], feats)[:, 0]
             wrows, _ = layout.windows(local, pos, w)
-            self.comp_window[i0:i1] = gather_rows(compressed, wrows, feats).cpu().numpy()
+            self.comp_window[i0:i1] = gather_rows(compressed, wrows, feats)
 
         def payload(rows: Any, feats: Any) -> dict[str, Any]:
             wrows, ids = layout.windows(layout.local[rows], layout.positions[rows], w)
             return {"compressed_window": gather_rows(compressed, wrows, feats),
-                    "fp_window": gather_rows(fp, wrows, feats), "ids": ids.int(),
-                    "fp_act": fp[rows, feats].float()[:, None]}
+                    "fp_window": gather_rows(fp, wrows, feats), "ids": ids.astype("int32"),
+                    "fp_act": gather_rows(fp, rows[:, None], feats)}
 
         self.topk.update(compressed, layout.keys, payload)
 
@@ -127,18 +126,21 @@ def _in_both(a: Any, b: Any, d_sae: int) -> tuple[Any, Any]:
     return np.isin(ka, kb), np.isin(kb, ka)
 
 
-def token_strings(tokenizer: Any, ids: Any) -> Any:
-    """An object array mapping each id in ``ids`` (and -1 -> "") to its decoded text."""
+def token_strings(tokenizer: Any, ids: Any, cache: dict[int, str] | None = None) -> Any:
+    """An object array mapping each id in ``ids`` (and -1, the last slot, -> "") to its text,
+    each token decoded on its own; ``cache`` keeps decodings across calls."""
     import numpy as np
 
+    cache = {} if cache is None else cache
     ids = np.asarray(ids)
     top = int(ids.max()) if ids.size else -1
-    table = np.full(top + 2, "", dtype=object)  # index -1 is the last slot: ""
-    for i in np.unique(ids[ids >= 0]):
-        if tokenizer is None:
-            table[i] = f"<{int(i)}>"
-        else:
-            table[i] = tokenizer.decode([int(i)], clean_up_tokenization_spaces=False)
+    table = np.full(top + 2, "", dtype=object)
+    for i in np.unique(ids[ids >= 0]).tolist():
+        text = cache.get(i)
+        if text is None:
+            text = cache[i] = (f"<{i}>" if tokenizer is None
+                               else tokenizer.decode([i], clean_up_tokenization_spaces=False))
+        table[i] = text
     return table
 
 
@@ -150,45 +152,62 @@ def list_column(values: Any) -> list[Any]:
     return list(np.asarray(values))
 
 
+def _rows(fp: FPContexts, kind: str, feat: Any, rank: Any, key: Any, ids: Any, fp_act: Any, fp_win: Any) -> dict[str, Any]:
+    """The configuration-independent columns of one kind's rows."""
+    import numpy as np
+
+    c, w = max(fp.context_length, 1), fp.window
+    n, width = len(feat), 2 * w + 1
+    ids = np.asarray(ids if ids is not None else np.full((n, width), -1), dtype=np.int32)
+    toks = token_strings(fp.tokenizer, ids, fp.cache.setdefault("strings", {}))[ids]  # -1 -> ""
+    fp_win = np.asarray(fp_win, dtype=np.float32) if fp_win is not None else np.full((n, width), np.nan, np.float32)
+    return {"feature": np.asarray(feat, dtype=np.int32), "kind": np.full(n, kind, dtype=object),
+            "rank": np.asarray(rank, dtype=np.int16), "context": (key // c).astype(np.int32),
+            "position": (key % c).astype(np.int32), "window_start": (key % c - w).astype(np.int32),
+            "target": np.full(n, w, dtype=np.int16), "fp_act": np.asarray(fp_act, dtype=np.float32),
+            "text": ["".join(row) for row in toks.tolist()], "window_ids": list_column(ids),
+            "window_tokens": list_column(toks), "fp_window": list_column(fp_win)}
+
+
 def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_fp: Any, both_c: Any) -> Any:
-    """The ``contexts`` rows of one (configuration, hook): FP top-k then compressed top-k."""
+    """The ``contexts`` rows of one (configuration, hook): FP top-k then compressed top-k.
+
+    The FP rows' configuration-independent columns are built once per hook and reused."""
     import numpy as np
     import pandas as pd
 
-    e, c, w = fp.entries, max(fp.context_length, 1), fp.window
-    parts = [
-        (KINDS[0], e.feature, e.rank, e.key, e.payload.get("ids"), e.value, comp_act,
-         e.payload.get("fp_window"), comp_window, both_fp),
-        (KINDS[1], ce.feature, ce.rank, ce.key, ce.payload.get("ids"),
-         ce.payload["fp_act"][:, 0] if "fp_act" in ce.payload else np.zeros(0), ce.value,
-         ce.payload.get("fp_window"), ce.payload.get("compressed_window"), both_c),
-    ]
-    frames = []
-    width = 2 * w + 1
-    for kind, feat, rank, key, ids, fp_act, c_act, fp_win, c_win, both in parts:
-        n = len(feat)
-        if n == 0:
-            continue
-        ids = np.asarray(ids if ids is not None else np.full((n, width), -1), dtype=np.int32)
-        strings = token_strings(fp.tokenizer, ids)
-        toks = strings[ids]  # -1 -> "" (the last slot)
-        text = ["".join(row) for row in toks]
-        fp_win = np.asarray(fp_win, dtype=np.float32) if fp_win is not None else np.full((n, width), np.nan, np.float32)
-        c_win = np.asarray(c_win, dtype=np.float32) if c_win is not None else np.full((n, width), np.nan, np.float32)
-        frames.append(pd.DataFrame({
-            "feature": np.asarray(feat, dtype=np.int32), "kind": kind, "rank": np.asarray(rank, dtype=np.int16),
-            "context": (key // c).astype(np.int32), "position": (key % c).astype(np.int32),
-            "window_start": (key % c - w).astype(np.int32), "target": np.int16(w),
-            "fp_act": np.asarray(fp_act, dtype=np.float32), "compressed_act": np.asarray(c_act, dtype=np.float32),
-            "in_both": np.asarray(both, dtype=bool), "text": text,
-            "window_ids": list_column(ids), "window_tokens": list_column(toks),
-            "fp_window": list_column(fp_win), "compressed_window": list_column(c_win),
-        }))
-    if not frames:
+    e = fp.entries
+    if "fp_rows" not in fp.cache:
+        fp.cache["fp_rows"] = _rows(fp, KINDS[0], e.feature, e.rank, e.key, e.payload.get("ids"), e.value,
+                                    e.payload.get("fp_window"))
+    width = 2 * fp.window + 1
+    parts = []
+    if len(e):
+        parts.append({**fp.cache["fp_rows"], "compressed_act": np.asarray(comp_act, dtype=np.float32),
+                      "in_both": np.asarray(both_fp, dtype=bool), "compressed_window": list_column(comp_window)})
+    if len(ce):
+        fp_act = ce.payload["fp_act"][:, 0] if "fp_act" in ce.payload else np.full(len(ce), np.nan)
+        cw = ce.payload.get("compressed_window")
+        parts.append({
+            **_rows(fp, KINDS[1], ce.feature, ce.rank, ce.key, ce.payload.get("ids"), fp_act, ce.payload.get("fp_window")),
+            "compressed_act": np.asarray(ce.value, dtype=np.float32), "in_both": np.asarray(both_c, dtype=bool),
+            "compressed_window": list_column(cw if cw is not None else np.full((len(ce), width), np.nan, np.float32))})
+    if not parts:
         return pd.DataFrame({col: [] for col in COLUMNS})
-    out = pd.concat(frames, ignore_index=True)
-    order = np.lexsort((out["rank"].to_numpy(), (out["kind"] != KINDS[0]).to_numpy(), out["feature"].to_numpy()))
-    return out.iloc[order].reset_index(drop=True)  # by feature, fp_top before compressed_top, by rank
+    # by feature, fp_top before compressed_top, by rank
+    feature = np.concatenate([p["feature"] for p in parts])
+    rank = np.concatenate([p["rank"] for p in parts])
+    second = np.concatenate([np.full(len(p["feature"]), i) for i, p in enumerate(parts)])
+    order = np.lexsort((rank, second, feature))
+    idx = order.tolist()
+    cols = {}
+    for col in COLUMNS:
+        if isinstance(parts[0][col], list):
+            joined = [x for p in parts for x in p[col]]
+            cols[col] = [joined[i] for i in idx]
+        else:
+            cols[col] = np.concatenate([p[col] for p in parts])[order]
+    return pd.DataFrame(cols)
 
 
 COLUMNS = ("feature", "kind", "rank", "context", "position", "window_start", "target", "fp_act",
