@@ -70,7 +70,10 @@ class ContextsAccumulator(FeatureAccumulator):
         from featsurv.explorer.topk import StreamingTopK
 
         self.fp = fp_result
-        n, w = len(fp_result.entries), 2 * fp_result.window + 1
+        e = fp_result.entries
+        self.by_key = np.argsort(e.key, kind="stable")  # entries in token order, for each batch's lookup
+        self.sorted_keys = e.key[self.by_key]
+        n, w = len(e), 2 * fp_result.window + 1
         self.comp_act = np.full(n, np.nan, dtype=np.float32)
         self.comp_window = np.full((n, w), np.nan, dtype=np.float32)
         self.topk = StreamingTopK(d_sae, fp_result.k)
@@ -83,14 +86,15 @@ class ContextsAccumulator(FeatureAccumulator):
         layout = BatchLayout(batch)
         e, c, w = self.fp.entries, layout.context_length, self.fp.window
         lo, hi = layout.key_range()
-        i0, i1 = np.searchsorted(e.key, [lo, hi])
+        i0, i1 = np.searchsorted(self.sorted_keys, [lo, hi])
         if i1 > i0:  # FP top-k positions inside this batch: the compressed activations there
-            keys, feats = e.key[i0:i1], e.feature[i0:i1]
+            at = self.by_key[i0:i1]
+            keys, feats = e.key[at], e.feature[at]
             local, pos = keys // c - layout.first_context, keys % c
             rows = layout.row_of[local, pos]
-            self.comp_act[i0:i1] = gather_rows(compressed, rows[:, None], feats)[:, 0]
+            self.comp_act[at] = gather_rows(compressed, rows[:, None], feats)[:, 0]
             wrows, _ = layout.windows(local, pos, w)
-            self.comp_window[i0:i1] = gather_rows(compressed, wrows, feats)
+            self.comp_window[at] = gather_rows(compressed, wrows, feats)
 
         def payload(rows: Any, feats: Any) -> dict[str, Any]:
             wrows, ids = layout.windows(layout.local[rows], layout.positions[rows], w)
@@ -152,8 +156,11 @@ def list_column(values: Any) -> list[Any]:
     return list(np.asarray(values))
 
 
+LIST_COLUMNS = ("window_ids", "window_tokens", "fp_window", "compressed_window")
+
+
 def _rows(fp: FPContexts, kind: str, feat: Any, rank: Any, key: Any, ids: Any, fp_act: Any, fp_win: Any) -> dict[str, Any]:
-    """The configuration-independent columns of one kind's rows."""
+    """The configuration-independent columns of one kind's rows (list columns as 2-D arrays)."""
     import numpy as np
 
     c, w = max(fp.context_length, 1), fp.window
@@ -161,18 +168,19 @@ def _rows(fp: FPContexts, kind: str, feat: Any, rank: Any, key: Any, ids: Any, f
     ids = np.asarray(ids if ids is not None else np.full((n, width), -1), dtype=np.int32)
     toks = token_strings(fp.tokenizer, ids, fp.cache.setdefault("strings", {}))[ids]  # -1 -> ""
     fp_win = np.asarray(fp_win, dtype=np.float32) if fp_win is not None else np.full((n, width), np.nan, np.float32)
+    text = np.empty(n, dtype=object)
+    text[:] = ["".join(row) for row in toks.tolist()]
     return {"feature": np.asarray(feat, dtype=np.int32), "kind": np.full(n, kind, dtype=object),
             "rank": np.asarray(rank, dtype=np.int16), "context": (key // c).astype(np.int32),
             "position": (key % c).astype(np.int32), "window_start": (key % c - w).astype(np.int32),
             "target": np.full(n, w, dtype=np.int16), "fp_act": np.asarray(fp_act, dtype=np.float32),
-            "text": ["".join(row) for row in toks.tolist()], "window_ids": list_column(ids),
-            "window_tokens": list_column(toks), "fp_window": list_column(fp_win)}
+            "text": text, "window_ids": ids, "window_tokens": toks, "fp_window": fp_win}
 
 
 def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_fp: Any, both_c: Any) -> Any:
-    """The ``contexts`` rows of one (configuration, hook): FP top-k then compressed top-k.
-
-    The FP rows' configuration-independent columns are built once per hook and reused."""
+    """The ``contexts`` rows of one (configuration, hook): the FP top-k rows, then the compressed
+    top-k rows, each by feature and rank. The FP rows' configuration-independent columns are
+    built once per hook and reused."""
     import numpy as np
     import pandas as pd
 
@@ -184,30 +192,20 @@ def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_f
     parts = []
     if len(e):
         parts.append({**fp.cache["fp_rows"], "compressed_act": np.asarray(comp_act, dtype=np.float32),
-                      "in_both": np.asarray(both_fp, dtype=bool), "compressed_window": list_column(comp_window)})
+                      "in_both": np.asarray(both_fp, dtype=bool),
+                      "compressed_window": np.asarray(comp_window, dtype=np.float32).reshape(len(e), width)})
     if len(ce):
         fp_act = ce.payload["fp_act"][:, 0] if "fp_act" in ce.payload else np.full(len(ce), np.nan)
         cw = ce.payload.get("compressed_window")
         parts.append({
             **_rows(fp, KINDS[1], ce.feature, ce.rank, ce.key, ce.payload.get("ids"), fp_act, ce.payload.get("fp_window")),
             "compressed_act": np.asarray(ce.value, dtype=np.float32), "in_both": np.asarray(both_c, dtype=bool),
-            "compressed_window": list_column(cw if cw is not None else np.full((len(ce), width), np.nan, np.float32))})
+            "compressed_window": np.asarray(cw if cw is not None else np.full((len(ce), width), np.nan), dtype=np.float32)})
     if not parts:
         return pd.DataFrame({col: [] for col in COLUMNS})
-    # by feature, fp_top before compressed_top, by rank
-    feature = np.concatenate([p["feature"] for p in parts])
-    rank = np.concatenate([p["rank"] for p in parts])
-    second = np.concatenate([np.full(len(p["feature"]), i) for i, p in enumerate(parts)])
-    order = np.lexsort((rank, second, feature))
-    idx = order.tolist()
-    cols = {}
-    for col in COLUMNS:
-        if isinstance(parts[0][col], list):
-            joined = [x for p in parts for x in p[col]]
-            cols[col] = [joined[i] for i in idx]
-        else:
-            cols[col] = np.concatenate([p[col] for p in parts])[order]
-    return pd.DataFrame(cols)
+    # the fp_top rows, then the compressed_top rows, each by feature and rank (as the entries come)
+    return pd.DataFrame({col: ([x for p in parts for x in list_column(p[col])] if col in LIST_COLUMNS
+                               else np.concatenate([p[col] for p in parts])) for col in COLUMNS})
 
 
 COLUMNS = ("feature", "kind", "rank", "context", "position", "window_start", "target", "fp_act",

@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+#: Candidate extraction and gathers in NumPy for CPU tensors (torch's are much slower there); the
+#: torch path serves other devices. Tests turn it off to run the torch path on the CPU.
+NUMPY_ON_CPU = True
+
 PayloadFn = Callable[["torch.Tensor", "torch.Tensor"], dict[str, "torch.Tensor"]]
 
 
@@ -52,7 +56,7 @@ class StreamingTopK:
         if values.shape[0] == 0:
             return
         values = values.detach()
-        on_cpu = values.device.type == "cpu"
+        on_cpu = values.device.type == "cpu" and NUMPY_ON_CPU
         # candidates: above the feature's k-th value (0 until full: only positive values enter),
         # in row-major order (rows ascending). NumPy on the CPU: far faster than torch there.
         if on_cpu:
@@ -114,19 +118,17 @@ class StreamingTopK:
         return self.payload[name]
 
     def entries(self) -> "TopKEntries":
-        """The kept entries (positive values only), flattened and sorted by key."""
+        """The kept entries (positive values only), flattened in (feature, rank) order."""
         import numpy as np
 
-        feat, rank = np.nonzero(self.values > 0)
-        order = np.lexsort((feat, self.keys[feat, rank]))  # key order; one key may hold several features
-        feat, rank = feat[order], rank[order]
+        feat, rank = np.nonzero(self.values > 0)  # row-major: by feature, then rank
         return TopKEntries(feat, rank, self.keys[feat, rank], self.values[feat, rank],
                            {n: t[feat, rank] for n, t in self.payload.items()})
 
 
 @dataclass
 class TopKEntries:
-    """Flat arrays of kept entries (one per feature and rank), sorted by token key."""
+    """Flat arrays of kept entries (one per feature and rank), in (feature, rank) order."""
 
     feature: Any
     rank: Any
@@ -206,12 +208,12 @@ def gather_rows(values: "torch.Tensor", rows: Any, feats: Any) -> Any:
     import numpy as np
     import torch
 
-    rows, feats = np.asarray(rows), np.asarray(feats)
-    safe, cols = rows.clip(min=0), np.broadcast_to(feats[:, None], rows.shape)
-    if values.device.type == "cpu":
-        out = values.detach().float().numpy()[safe, cols]
+    rows, feats = np.asarray(rows), np.asarray(feats, dtype=np.int64)
+    safe = rows.clip(min=0)
+    if values.device.type == "cpu" and NUMPY_ON_CPU:
+        out = values.detach().float().numpy()[safe, feats[:, None]]
     else:
         dev = values.device
-        out = values.detach()[torch.from_numpy(safe).to(dev), torch.from_numpy(np.ascontiguousarray(cols)).to(dev)]
+        out = values.detach()[torch.from_numpy(safe).to(dev), torch.from_numpy(feats.copy()).to(dev)[:, None]]
         out = out.float().cpu().numpy()
     return np.where(rows >= 0, out, np.float32(np.nan)).astype(np.float32)
