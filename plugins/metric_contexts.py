@@ -25,7 +25,7 @@ KINDS = ("fp_top", "compressed_top")
 
 @dataclass
 class FPContexts:
-    """What the FP pass found for one hook: the top-k entries (sorted by token key) and geometry."""
+    """What the FP pass found for one hook: the top-k entries (by feature and rank) and geometry."""
 
     d_sae: int
     k: int
@@ -64,7 +64,7 @@ class ContextsFPAccumulator(FPAccumulator):
 
 
 class ContextsAccumulator(FeatureAccumulator):
-    def __init__(self, d_sae: int, fp_result: FPContexts):
+    def __init__(self, d_sae: int, fp_result: FPContexts, min_firing_rate: float = 0.001):
         import numpy as np
 
         from featsurv.explorer.topk import StreamingTopK
@@ -77,6 +77,7 @@ class ContextsAccumulator(FeatureAccumulator):
         self.comp_act = np.full(n, np.nan, dtype=np.float32)
         self.comp_window = np.full((n, w), np.nan, dtype=np.float32)
         self.topk = StreamingTopK(d_sae, fp_result.k)
+        self.min_firing_rate = min_firing_rate
 
     def update(self, fp: Any, compressed: Any, batch: Any) -> None:
         import numpy as np
@@ -113,7 +114,7 @@ class ContextsAccumulator(FeatureAccumulator):
         n_fp = np.bincount(fp.entries.feature, minlength=fp.d_sae)
         shared = np.bincount(fp.entries.feature[both_fp], minlength=fp.d_sae)
         overlap = np.divide(shared, n_fp, out=np.full(fp.d_sae, np.nan), where=n_fp > 0)
-        active = np.asarray(fp_stats.get("firing_rate", np.ones(fp.d_sae))) > 0
+        active = np.asarray(fp_stats.get("firing_rate", np.ones(fp.d_sae))) > self.min_firing_rate
         table = build_table(fp, self.comp_act, self.comp_window, ce, both_fp, both_c)
         sel = active & np.isfinite(overlap)
         summary = {"k": fp.k, "window": fp.window, "n_rows": int(len(table)),
@@ -226,7 +227,8 @@ class Contexts(Metric):
     def feature_accumulator(self, d_sae: int, options: dict[str, Any], fp_result: Any = None) -> FeatureAccumulator | None:
         if fp_result is None:  # a host without FP accumulators: nothing to compare against
             return None
-        return ContextsAccumulator(d_sae, fp_result)
+        survival = (options.get("metric_options") or {}).get("survival") or {}
+        return ContextsAccumulator(d_sae, fp_result, float(survival.get("min_firing_rate", 0.001)))
 
     def report_sections(self, run: Any) -> list[ReportSection]:
         from featsurv.explorer.page import explorer_section

@@ -296,6 +296,8 @@ def _watched(summary: dict[str, Any], hooks: list[str]) -> list[list[Any]]:
 
 def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tuple[dict[str, Any], Any]:
     """The page's data without its contexts, and the shown contexts as arrays (or None)."""
+    from ..watch import thresholds
+
     features = run.features
     summary = run.summary or {}
     hooks = sorted(str(h) for h in features["hook"].unique()) if "hook" in features.columns and len(features) else []
@@ -303,8 +305,6 @@ def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tupl
     results = [r for r in summary.get("results") or [] if isinstance(r, dict)]
     order = list(dict.fromkeys(str(r.get("label")) for r in results if str(r.get("label")) in configs))
     configs = order + [c for c in configs if c not in order]
-    from ..watch import thresholds
-
     feats = _feature_rows(features, hooks, configs) if hooks else []
     windows = _Windows(contexts, hooks, configs, shown) if contexts is not None and len(contexts) else None
     np_ids = neuronpedia_ids(summary)
@@ -318,7 +318,7 @@ def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tupl
         "feats": feats,
         "watched": _watched(summary, hooks),
         "run": {"n_tokens": base.get("n_tokens"), "perplexity": _g(base.get("perplexity")),
-                "command": (run.run or {}).get("command"), "path": str(getattr(run, "path", "") or "")},
+                "command": (run.run or {}).get("command")},
         "has_contexts": windows is not None,
         "shown": shown,
         "window": windows.window if windows is not None else 0,
