@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .configuration import Outcome, run_configuration
+from .configuration import Group, Outcome, run_configuration
 from .fp_pass import fp_pass
 from .metric_set import MetricSet
 from .options import AuditOptions, make_options
@@ -60,12 +60,14 @@ class AuditSession:
         self.derived = {"device": self.bench.device, "metrics": self.metrics.setup(self.loaded, self.tokens)}
         self.baseline = fp_pass(self.bench, self.metrics)
 
-    def run(self, name: str, params: dict[str, Any], *, features: bool = True, tokens: Any = None) -> Outcome:
-        """Measure one configuration; FP weights are restored afterwards whatever happens."""
+    def run(self, name: str, params: dict[str, Any], *, features: bool = True, tokens: Any = None,
+            groups: list[Group] | None = None, label: str | None = None) -> Outcome:
+        """Measure one configuration; FP weights are restored afterwards whatever happens.
+        ``groups``: compress only these groups of weight matrices, each with its own parameters."""
         compressor = self.compressor(name)
         if compressor.needs_calibration_for(params) and compressor.name not in self.calibrated:
             self.calibrate(compressor)
-        return run_configuration(self.bench, self.metrics, compressor, params, features, tokens)
+        return run_configuration(self.bench, self.metrics, compressor, params, features, tokens, groups, label)
 
     def calibrate(self, compressor: Any) -> None:
         """Give a data-aware compressor its calibration tokens (disjoint from the audit tokens)."""

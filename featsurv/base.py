@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
+from .errors import FeatsurvError
 from .params import Param
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +72,41 @@ class ModelAdapter(ABC):
     description: ClassVar[str] = ""
     #: Hugging Face ``config.model_type`` values this adapter handles (empty: any decoder-only).
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: Options a user sets with ``--adapter-option KEY=VALUE`` (or a preset's ``adapter_options``).
+    options: ClassVar[tuple[Param, ...]] = ()
+    #: The values of ``options`` this instance was configured with (see ``configure``).
+    settings: dict[str, Any] = {}
+
+    def configure(self, values: dict[str, Any]) -> "ModelAdapter":
+        """A copy of this adapter holding validated ``values`` for its ``options`` (defaults filled in)."""
+        import copy
+
+        known = {p.name: p for p in self.options}
+        for key in values:
+            if key not in known:
+                raise FeatsurvError(
+                    f"Unknown option {key!r} for model adapter {self.name!r}",
+                    allowed=list(known) or "none (this adapter takes no options)",
+                    hint="Run `featsurv plugins` to see each adapter's options")
+        settings = {}
+        for name, p in known.items():
+            if name not in values:
+                settings[name] = p.default
+                continue
+            try:
+                settings[name] = p.parse(values[name], f"model adapter {self.name!r}")
+            except FeatsurvError:
+                raise FeatsurvError(f"Bad value {values[name]!r} for option {name!r} of model adapter {self.name!r}",
+                                    allowed=p.allowed(), hint=f"Pass --adapter-option {name}=VALUE") from None
+        clone = copy.copy(self)
+        clone.settings = settings
+        return clone
+
+    def option(self, name: str) -> Any:
+        """The configured value of option ``name``, else its declared default."""
+        if name in self.settings:
+            return self.settings[name]
+        return {p.name: p.default for p in self.options}[name]
 
     def matches(self, config: Any) -> bool:
         """Whether this adapter can map a model with this HF config."""
@@ -79,7 +115,11 @@ class ModelAdapter(ABC):
     @abstractmethod
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
              trust_remote_code: bool = False) -> LoadedModel:
-        """Load model and tokenizer from a hub id or a local directory."""
+        """Load model and tokenizer from a hub id or a local directory.
+
+        An adapter that can refuse pickle weights also takes ``require_safetensors: bool = False``;
+        featsurv passes it only when the user asks (``--require-safetensors``).
+        """
 
     @abstractmethod
     def layers(self, model: Any) -> Sequence[Any]:
@@ -100,6 +140,10 @@ class ModelAdapter(ABC):
     def width(self, model: Any) -> int:
         """The residual stream width ``d_model`` (default: ``config.hidden_size``)."""
         return int(model.config.hidden_size)
+
+    def hook_width(self, model: Any, hook_name: str) -> int:
+        """The size of one token's activation at a hook, flattened (default: ``width``)."""
+        return self.width(model)
 
     def max_positions(self, model: Any) -> int | None:
         """The most positions one context may have, or None when unbounded."""

@@ -2,7 +2,9 @@
 
 The FP weights are snapshotted before ``compress`` and written back (and every target synced)
 in a ``finally``, and the compressor's ``transform`` is always exited, whatever happens: the
-model is full precision again after every configuration, failed or not.
+model is full precision again after every configuration, failed or not. A configuration may be
+split into groups of weight matrices (a per-group plan, a restricted scope): ``compress`` is then
+called once per group with that group's parameters, so every compressor takes part unchanged.
 """
 from __future__ import annotations
 
@@ -30,22 +32,66 @@ class Outcome:
     target: float | None = None  # the value `compare` matches (see Metric.match_label)
 
 
+@dataclass
+class Group:
+    """Part of a configuration: the weight matrices named in ``targets``, compressed with ``params``
+    (merged over the configuration's own). A plan or a restricted scope is a list of groups;
+    matrices in no group stay full precision."""
+
+    name: str
+    targets: frozenset[str]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def split_targets(targets: list[Any], params: dict[str, Any],
+                  groups: list[Group] | None) -> list[tuple[list[Any], dict[str, Any]]]:
+    """``[(targets, params)]`` to compress: every target with ``params`` (no groups), or one part per group."""
+    if groups is None:
+        return [(targets, dict(params))]
+    from .errors import FeatsurvError
+
+    known = {t.name for t in targets}
+    seen: dict[str, str] = {}
+    for g in groups:
+        for name in g.targets:
+            if name not in known:
+                raise FeatsurvError(f"Group {g.name!r} names weight matrix {name!r}, which is not in the scope",
+                                    hint="Build groups from this model's weight matrices (--by, --groups)")
+            if name in seen:
+                raise FeatsurvError(f"Weight matrix {name!r} is in two groups, {seen[name]!r} and {g.name!r}",
+                                    hint="Give each weight matrix at most one group")
+            seen[name] = g.name
+    return [([t for t in targets if t.name in g.targets], {**params, **g.params}) for g in groups]
+
+
 @contextlib.contextmanager
-def compressed(bench: Workbench, compressor: Compressor, params: dict[str, Any]):
-    """The model compressed with ``params`` inside the block, full precision again after it."""
+def compressed(bench: Workbench, compressor: Compressor, params: dict[str, Any], groups: list[Group] | None = None,
+               label: str | None = None):
+    """The model compressed with ``params`` inside the block, full precision again after it.
+
+    With ``groups``, ``compress`` is called once per group on that group's matrices with that
+    group's parameters (and ``transform`` entered per group); the rest stays full precision.
+    """
     import torch
 
     loaded = bench.loaded
-    targets = loaded.adapter.compressible_weights(loaded.model, bench.options.scope)
+    parts = split_targets(loaded.adapter.compressible_weights(loaded.model, bench.options.scope), params, groups)
+    if groups is not None:
+        parts = [(ts, p) for ts, p in parts if ts]
+    targets = [t for ts, _ in parts for t in ts]
     snapshot = [t.weight.detach().clone() for t in targets]
-    bench.progress(f"{compressor.label(params)}: compressing {len(targets)} weight matrices")
+    in_groups = f" in {len(parts)} groups" if groups is not None else ""
+    bench.progress(f"{label or compressor.label(params)}: compressing {len(targets)} weight matrices{in_groups}")
     try:
         torch.manual_seed(bench.options.seed)
         with torch.no_grad():
-            compressor.compress(targets, dict(params))
+            for ts, p in parts:
+                compressor.compress(ts, dict(p))
             for t in targets:
                 t.sync()
-        with compressor.transform(loaded, targets, dict(params)) or contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            for ts, p in parts:
+                stack.enter_context(compressor.transform(loaded, ts, dict(p)) or contextlib.nullcontext())
             yield targets
     finally:
         with torch.no_grad():
@@ -74,13 +120,14 @@ class FeatureFeed:
 
 
 def run_configuration(bench: Workbench, metrics: MetricSet, compressor: Compressor, params: dict[str, Any],
-                      features: bool = True, tokens: Any = None) -> Outcome:
+                      features: bool = True, tokens: Any = None, groups: list[Group] | None = None,
+                      label: str | None = None) -> Outcome:
     """Measure one configuration (``features=False``: model metrics only, as in a bisection step,
-    optionally on a subset of the audit ``tokens``)."""
+    optionally on a subset of the audit ``tokens``; ``groups``: see :func:`compressed`)."""
     t0 = time.perf_counter()
     tokens = tokens if tokens is not None else bench.tokens
-    label = compressor.label(params)
-    with compressed(bench, compressor, params):
+    label = label or compressor.label(params)
+    with compressed(bench, compressor, params, groups, label):
         model_accs = metrics.collect("model_accumulator")
         feed = FeatureFeed(bench, metrics) if features else None
         run_pass(bench, tokens, list(bench.hooks) if features else [], model_accs,

@@ -1,7 +1,7 @@
 """User-facing errors: one paragraph, exit code 2, never a traceback."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import click
 
@@ -32,3 +32,55 @@ def unknown(kind: str, value: str, available: Iterable[str], hint: str | None = 
         allowed=list(available),
         hint=hint or "Run `featsurv plugins` to see every plugin and what it provides",
     )
+
+
+def _plugin_of(exc: BaseException) -> tuple[str, str, str] | None:
+    """``(plugin, distribution, version)`` of the innermost traceback frame in a plugin's code, if any."""
+    import sys
+
+    registry_mod = sys.modules.get("featsurv.plugins")
+    registry = getattr(registry_mod, "_REGISTRY", None) if registry_mod else None
+    if registry is None:
+        return None
+    owners: dict[str, Any] = {}  # module name (or package prefix) -> PluginInfo
+    for info in registry.plugins.values():
+        modules = {getattr(info.module, "__name__", None) or type(info.module).__module__}
+        for items in info.registered.values():
+            modules.update(type(item).__module__ for item in items.values())
+        for mod in filter(None, modules):
+            owners[mod] = info
+            top = mod.split(".")[0]
+            if top not in ("featsurv", "featsurv_plugins", "featsurv_registry") and info.distribution != "featsurv":
+                owners.setdefault(top, info)  # the rest of a third-party package
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    for name in reversed(frames):
+        info = owners.get(name) or owners.get(name.split(".")[0])
+        if info is not None:
+            return info.name, info.distribution, info.version
+    return None
+
+
+def describe_crash(exc: BaseException) -> str:
+    """One paragraph for an unexpected exception: what failed, which plugin raised it, what to do."""
+    import sys
+    import traceback
+
+    what = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" (at {last[0].filename}:{last[0].lineno}, in {last[0].name})" if last else ""
+    debug = "Run again with --debug (or FEATSURV_DEBUG=1) to see the traceback."
+    outdir = sys.modules.get("featsurv.outdir")
+    written = list(getattr(outdir, "WRITTEN", []))
+    done = f"The result at {str(written[-1])!r} was complete before the error." if written else "Nothing was written."
+    plugin = _plugin_of(exc)
+    if plugin is not None:
+        name, dist, version = plugin
+        return (f"Error: plugin {name!r} (distribution {dist!r} {version}) failed: {what}{where}. This is a "
+                f"bug in that plugin, not in your input: report it to its authors, or disable it with "
+                f"FEATSURV_DISABLE_PLUGINS={name.split('@')[0]}. {done} {debug}")
+    return (f"Error: unexpected {what}{where}. This is a bug in featsurv or a library it uses; please report "
+            f"it with the traceback. {done} {debug}")

@@ -39,7 +39,9 @@ def _num(v: Any) -> float | None:
 def evaluate_gate(summary: dict[str, Any], min_survival: float | None = 0.9,
                   max_ppl_change: float | None = None) -> list[GateLine]:
     """One :class:`GateLine` per entry of ``summary["results"]``, in order."""
-    results = summary.get("results") or []
+    from .results import check_summary
+
+    results = check_summary(summary).get("results") or []
     if not results:
         raise FeatsurvError("This result holds no configurations to gate (summary.json has no results)",
                             hint="Run `featsurv audit` with at least one compressor configuration")
@@ -76,35 +78,29 @@ def evaluate_gate(summary: dict[str, Any], min_survival: float | None = 0.9,
 
 def run_gate(result_dir: Any, min_survival: float | None = 0.9, max_ppl_change: float | None = None,
              watch: Any = None, min_watched_survival: float = 1.0) -> tuple[bool, list[GateLine]]:
-    """Load a result directory and gate it: ``(all_passed, lines)``. A bad directory raises FeatsurvError.
+    """Load a result directory or a sweep directory (verified against its manifests) and gate it:
+    ``(all_passed, lines)``.
 
-    ``watch`` (a watch file or list, see featsurv.watch) adds one line per configuration that
-    fails when fewer than ``min_watched_survival`` of the watched features survived; with a
-    watch list and neither ``min_survival`` nor ``max_ppl_change``, only the watch list is gated.
+    A missing, incomplete or damaged directory raises FeatsurvError naming the file. ``watch`` (a
+    watch file or list, see featsurv.watch) adds one line per configuration that fails when fewer
+    than ``min_watched_survival`` of the watched features survived; with a watch list and neither
+    ``min_survival`` nor ``max_ppl_change``, only the watch list is gated.
     """
-    import json
-    from pathlib import Path
+    from .results import load_run
+    from .sweep.store import is_sweep_dir, sweep_summary
 
-    from .results import FEATURES_FILE, RUN_FILE, SUMMARY_FILE
-
-    p = Path(result_dir)
-    missing = [f for f in (RUN_FILE, SUMMARY_FILE, FEATURES_FILE) if not (p / f).is_file()]
-    if not p.is_dir() or missing:
-        raise FeatsurvError(
-            f"{str(result_dir)!r} is not a featsurv result directory"
-            + (f" (missing {', '.join(missing)})" if p.is_dir() else ""),
-            hint="Pass the folder printed at the end of `featsurv audit` or `featsurv compare`")
-    try:
-        summary = json.loads((p / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FeatsurvError(f"Cannot read {str(p / SUMMARY_FILE)!r}: {exc}",
-                            hint="The run may have been written by an incompatible version; re-run the audit") from None
-    if not isinstance(summary, dict):
-        raise FeatsurvError(f"{str(p / SUMMARY_FILE)!r} does not hold a featsurv summary")
-    lines = [] if watch is not None and min_survival is None and max_ppl_change is None else \
-        evaluate_gate(summary, min_survival, max_ppl_change)
+    sweep = is_sweep_dir(result_dir)
+    if sweep:  # a `featsurv sweep` directory: every piece, verified
+        summary = sweep_summary(result_dir)
+    else:
+        summary = load_run(result_dir, features=False).summary
+    gated = watch is None or min_survival is not None or max_ppl_change is not None
+    lines = evaluate_gate(summary, min_survival, max_ppl_change) if gated else []
     if watch is not None:
+        if sweep:
+            raise FeatsurvError(f"--watch gates a run directory; {str(result_dir)!r} is a sweep directory",
+                                hint="Pass one of the sweep's run folders to gate its watched features")
         from .watch import watch_gate
 
-        lines += watch_gate(p, watch, min_watched_survival, summary)
+        lines += watch_gate(result_dir, watch, min_watched_survival, summary)
     return all(line.passed for line in lines), lines

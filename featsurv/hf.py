@@ -133,18 +133,25 @@ class HFDecoderAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ loading
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
-             trust_remote_code: bool = False) -> LoadedModel:
+             trust_remote_code: bool = False, require_safetensors: bool = False) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # featsurv reports its own progress
         tdtype = torch_dtype(dtype)
+        kwargs = {"use_safetensors": True} if require_safetensors else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=tdtype, trust_remote_code=trust_remote_code)
+                source, dtype=tdtype, trust_remote_code=trust_remote_code, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise model_load_error(source, exc) from None
+        except Exception as exc:  # a damaged weights file raises SafetensorError, UnpicklingError, ...
+            raise model_load_error(source, exc, require_safetensors) from None
+        if weights_format(source) == "pickle":
+            import sys
+
+            print(f"featsurv: note: model {source!r} has only pickle weights (pytorch_model.bin); they were "
+                  "loaded with torch.load(weights_only=True), which refuses code in the file. Pass "
+                  "--require-safetensors to refuse pickle weights.", file=sys.stderr, flush=True)
         model.to(device)
         model.eval()
         return LoadedModel(model, tokenizer, self, source, dtype, device)
@@ -221,9 +228,49 @@ class HFDecoderAdapter(ModelAdapter):
         return targets
 
 
-def model_load_error(source: str, exc: BaseException) -> FeatsurvError:
+SAFE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def weights_format(source: str) -> str | None:
+    """``"safetensors"`` or ``"pickle"``: which weights transformers loads for ``source`` (a local
+    directory, or a hub id in the local cache); None when unknown."""
+    def has(name: str) -> bool:
+        if os.path.isdir(source):
+            return os.path.isfile(os.path.join(source, name))
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            return isinstance(try_to_load_from_cache(source, name), str)
+        except Exception:  # not a valid repo id, no cache
+            return False
+
+    if any(has(n) for n in SAFE_NAMES):
+        return "safetensors"
+    if any(has(n) for n in PICKLE_NAMES):
+        return "pickle"
+    return None
+
+
+def model_load_error(source: str, exc: BaseException, require_safetensors: bool = False) -> FeatsurvError:
     local = os.path.exists(source)
     why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(why) > 300:
+        why = why[:300] + "..."
+    kind = type(exc).__name__
+    if require_safetensors and weights_format(source) == "pickle":
+        return FeatsurvError(f"Model {source!r} has only pickle weights (pytorch_model.bin), and "
+                             "--require-safetensors refuses them",
+                             hint="Convert it to safetensors (save_pretrained(..., safe_serialization=True)), "
+                                  "or drop --require-safetensors to load it with torch.load(weights_only=True)")
+    if kind == "SafetensorError" or (kind in ("UnpicklingError", "RuntimeError", "EOFError", "IndexError")
+                                     and local and weights_format(source) == "pickle"):
+        name = "model.safetensors" if kind == "SafetensorError" else "pytorch_model.bin"
+        if kind == "UnpicklingError" and "weights_only" in str(exc):
+            why = "it holds objects other than tensors, which torch.load(weights_only=True) refuses to run"
+        return FeatsurvError(f"Cannot load model {source!r}: its weights file ({name}) is damaged or not a "
+                             f"weights file ({kind}: {why})",
+                             hint="Re-download or re-save the model (save_pretrained writes model.safetensors)")
     if local:
         hint = "Pass a directory written by `save_pretrained` (config.json, weights, tokenizer files)"
     else:

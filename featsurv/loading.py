@@ -23,8 +23,13 @@ def pick_adapter(registry: Registry, config: Any, adapter: str | None) -> Any:
 
 
 def load_model(registry: Registry, source: str, *, adapter: str | None = None, dtype: str = "float32",
-               device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a model through the adapter that matches its config (or the one named)."""
+               device: str = "cpu", trust_remote_code: bool = False, require_safetensors: bool = False,
+               adapter_options: dict[str, Any] | None = None) -> LoadedModel:
+    """Load a model through the adapter that matches its config (or the one named), configured
+    with ``adapter_options`` (validated against the adapter's declared options).
+
+    ``require_safetensors`` refuses pickle weights (passed to adapters only when set).
+    """
     from transformers import AutoConfig
 
     from .hf import model_load_error
@@ -34,8 +39,18 @@ def load_model(registry: Registry, source: str, *, adapter: str | None = None, d
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise model_load_error(source, exc) from None
-    chosen = pick_adapter(registry, config, adapter)
-    loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    chosen = pick_adapter(registry, config, adapter).configure(dict(adapter_options or {}))
+    extra: dict[str, Any] = {}
+    if require_safetensors:
+        import inspect
+
+        params = inspect.signature(chosen.load).parameters
+        if "require_safetensors" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise FeatsurvError(f"Model adapter {chosen.name!r} cannot enforce --require-safetensors "
+                                "(its load() has no require_safetensors parameter)",
+                                hint="Drop --require-safetensors, or use an adapter based on featsurv.hf.HFDecoderAdapter")
+        extra["require_safetensors"] = True
+    loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **extra)
     try:
         # resolve everything the audit will need now, so a mismatch fails before any work
         n_layers = len(chosen.layers(loaded.model))

@@ -86,6 +86,7 @@ class AuditOptions:
     saes: list[str] = rule(_names, factory=list)
     hooks: list[str] | None = rule(_optional(_names))
     adapter: str | None = None
+    adapter_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "featsurv:heldout"
     n_tokens: int = rule(_int_range(1), 32768)
     context: int | None = rule(_optional(_int_range(2)))

@@ -51,10 +51,17 @@ class PluginInfo:
     version: str
     module: Any = None
     provides: dict[str, list[str]] = field(default_factory=dict)
+    #: kind -> name -> the item this plugin registered (kept even when the name is in conflict)
+    registered: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: messages of the name conflicts this plugin is part of
+    conflicts: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "distribution": self.distribution, "version": self.version,
-                "provides": {k: sorted(v) for k, v in self.provides.items() if v}}
+        out = {"name": self.name, "distribution": self.distribution, "version": self.version,
+               "provides": {k: sorted(v) for k, v in self.provides.items() if v}}
+        if self.conflicts:
+            out["conflicts"] = list(self.conflicts)
+        return out
 
 
 @dataclass
@@ -63,8 +70,73 @@ class Entry:
     plugin: str
 
 
-class Registry:
-    """Everything the loaded plugins registered, with who registered it."""
+_DISABLE_HINT = "Uninstall or disable one of them (FEATSURV_DISABLE_PLUGINS=NAME)"
+
+
+class _Conflicts:
+    """Name conflicts between plugins: recorded while loading, raised when a name in conflict is used."""
+
+    plugins: dict[str, PluginInfo]
+    items: dict[str, dict[str, Entry]]
+    aliases: dict[str, dict[str, Entry]]
+    conflicts: dict[str, dict[str, list[str]]]
+    blocked: dict[str, str]
+
+    def conflict_error(self, kind: str, name: str) -> FeatsurvError:
+        plugins = self.conflicts[kind][name]
+        return FeatsurvError(f"Two plugins register a {KIND_SPECS[kind][2]} named {name!r}: "
+                             + " and ".join(repr(p) for p in plugins), hint=_DISABLE_HINT)
+
+    def conflict_messages(self) -> list[str]:
+        """Every conflict, one line each (for `featsurv plugins`)."""
+        lines = [self.conflict_error(kind, name).message for kind in KIND_SPECS for name in sorted(self.conflicts[kind])]
+        return lines + sorted(set(self.blocked.values()))
+
+    def _record_conflict(self, kind: str, key: str, plugin: str, existing: str | None) -> None:
+        plugins = self.conflicts[kind].setdefault(key, [existing] if existing else [])
+        if plugin not in plugins:
+            plugins.append(plugin)
+        message = self.conflict_error(kind, key).message
+        for name in plugins:
+            info = self.plugins.get(name)
+            if info is not None:
+                info.conflicts = [m for m in info.conflicts if f"named {key!r}:" not in m] + [message]
+        if os.environ.get("FEATSURV_STRICT_PLUGINS") == "1":
+            raise self.conflict_error(kind, key)
+
+    def _check_usable(self, kind: str, name: str, entry: Entry | None) -> None:
+        if name in self.conflicts[kind]:
+            raise self.conflict_error(kind, name)
+        if entry is not None and entry.plugin in self.blocked:
+            raise FeatsurvError(self.blocked[entry.plugin].rstrip(".") + f"; the {KIND_SPECS[kind][2]} {name!r} "
+                                "comes from one of them", hint="Rename or disable one of them (FEATSURV_DISABLE_PLUGINS=DISTRIBUTION)")
+
+    def _forget_conflicts(self, kind: str, name: str) -> None:
+        """Plugin ``name`` is gone: a conflict it was part of may be over (the survivor's item takes the name)."""
+        for key, plugins in list(self.conflicts[kind].items()):
+            if name not in plugins:
+                continue
+            plugins.remove(name)
+            if len(plugins) > 1:
+                continue
+            del self.conflicts[kind][key]
+            for other in plugins:
+                survivor = self.plugins[other]
+                survivor.conflicts = [m for m in survivor.conflicts if f"named {key!r}:" not in m]
+                for item_name, item in survivor.registered.get(kind, {}).items():
+                    if key == item_name:
+                        self.items[kind][key] = Entry(item, other)
+                    elif key in getattr(item, "aliases", ()):
+                        self.aliases[kind][key] = Entry(item, other)
+
+
+class Registry(_Conflicts):
+    """Everything the loaded plugins registered, with who registered it.
+
+    A name registered by two plugins (or two plugins of one name) is recorded as a conflict,
+    not raised while loading: `featsurv plugins` still lists everything and shows it, and using
+    an item of that name raises the conflict (``FEATSURV_STRICT_PLUGINS=1`` raises at once).
+    """
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager("featsurv")
@@ -72,6 +144,10 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.items: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
         self.aliases: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_SPECS}
+        #: kind -> name -> plugins registering it (two or more)
+        self.conflicts: dict[str, dict[str, list[str]]] = {kind: {} for kind in KIND_SPECS}
+        #: plugin key -> message, for plugins sharing their name with another plugin
+        self.blocked: dict[str, str] = {}
 
     # ------------------------------------------------------------------ registration
     def make_register(self, kind: str, plugin: str) -> Callable[[Any], Any]:
@@ -89,36 +165,43 @@ class Registry:
                 raise TypeError(f"plugin {plugin!r} registered a {noun} with a bad name {name!r}: "
                                 "use a non-empty name without spaces, commas, '=' or ':'")
             names = [name, *getattr(item, "aliases", ())]
-            for key in names:
+            info = self.plugins[plugin]
+            info.provides.setdefault(kind, []).append(name)
+            info.registered.setdefault(kind, {})[name] = item
+            for i, key in enumerate(names):
                 existing = self.items[kind].get(key) or self.aliases[kind].get(key)
-                if existing is not None:
-                    raise FeatsurvError(
-                        f"Two plugins register a {noun} named {key!r}: {existing.plugin!r} and {plugin!r}",
-                        hint="Uninstall or disable one of them (FEATSURV_DISABLE_PLUGINS=NAME)")
-            self.items[kind][name] = Entry(item, plugin)
-            for alias in names[1:]:
-                self.aliases[kind][alias] = Entry(item, plugin)
-            self.plugins[plugin].provides.setdefault(kind, []).append(name)
+                if existing is not None or key in self.conflicts[kind]:
+                    self._record_conflict(kind, key, plugin, existing.plugin if existing else None)
+                    continue
+                (self.items if i == 0 else self.aliases)[kind][key] = Entry(item, plugin)
             return item
 
         return register
 
     def add_plugin(self, module: Any, name: str, distribution: str, version: str) -> None:
         """Register one plugin object and run its register hooks, isolating failures."""
-        if name in self.plugins:
-            raise FeatsurvError(f"Two plugins are named {name!r} ({self.plugins[name].distribution} "
-                                f"and {distribution})", hint="Rename or disable one of them")
-        self.plugins[name] = PluginInfo(name, distribution, version, module)
+        key = name
+        if name in self.plugins:  # load it under another key; using what either registers is refused
+            first = self.plugins[name]
+            message = f"Two plugins are named {name!r} ({first.distribution} and {distribution})"
+            if os.environ.get("FEATSURV_STRICT_PLUGINS") == "1":
+                raise FeatsurvError(message, hint="Rename or disable one of them")
+            key = f"{name}@{distribution}"
+            self.blocked[name] = self.blocked[key] = message
+            first.conflicts.append(message)
+        self.plugins[key] = PluginInfo(key, distribution, version, module)
+        if key in self.blocked:
+            self.plugins[key].conflicts.append(self.blocked[key])
         try:
-            self.pm.register(module, name=name)
+            self.pm.register(module, name=key)
             self.pm.check_pending()
         except Exception as exc:  # a broken plugin must not take the host down
-            self.remove_plugin(name)
+            self.remove_plugin(key)
             _plugin_failed(name, distribution, exc)
             return
         for kind, (hook, _, _) in KIND_SPECS.items():
-            if not self.call_plugin(name, hook, register=self.make_register(kind, name)):
-                self.remove_plugin(name)
+            if not self.call_plugin(key, hook, register=self.make_register(kind, key)):
+                self.remove_plugin(key)
                 return
 
     def call_plugin(self, name: str, hook: str, **kwargs: Any) -> bool:
@@ -145,17 +228,22 @@ class Registry:
         for kind in self.items:
             self.items[kind] = {k: e for k, e in self.items[kind].items() if e.plugin != name}
             self.aliases[kind] = {k: e for k, e in self.aliases[kind].items() if e.plugin != name}
+            self._forget_conflicts(kind, name)
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
 
     # ------------------------------------------------------------------ lookup
     def names(self, kind: str) -> list[str]:
-        return sorted(self.items[kind])
+        return sorted(set(self.items[kind]) | set(self.conflicts[kind]))
 
     def get(self, kind: str, name: str) -> Any:
         entry = self.items[kind].get(name) or self.aliases[kind].get(name)
+        self._check_usable(kind, name, entry)
         if entry is None:
-            raise unknown(KIND_SPECS[kind][2], name, self.names(kind))
+            hint = None
+            if self.blocked:
+                hint = "; ".join(sorted(set(self.blocked.values()))) + ": disable one of them (FEATSURV_DISABLE_PLUGINS=DISTRIBUTION)"
+            raise unknown(KIND_SPECS[kind][2], name, self.names(kind), hint=hint)
         return entry.item
 
     def provider(self, kind: str, name: str) -> PluginInfo:
@@ -163,7 +251,12 @@ class Registry:
         return self.plugins[entry.plugin]
 
     def all(self, kind: str) -> list[Any]:
-        return [self.items[kind][n].item for n in self.names(kind)]
+        """Every item of a kind, in name order; a name conflict in that kind raises (which one is meant is unknown)."""
+        for name in sorted(self.conflicts[kind]):
+            raise self.conflict_error(kind, name)
+        for name, entry in sorted(self.items[kind].items()):
+            self._check_usable(kind, name, entry)
+        return [self.items[kind][n].item for n in sorted(self.items[kind])]
 
 
 def _plugin_failed(name: str, distribution: str, exc: BaseException) -> None:

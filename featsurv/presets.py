@@ -19,6 +19,7 @@ OPTION_KEYS = {
     "dataset": "dataset", "tokens": "n_tokens", "context": "context", "prepend_bos": "prepend_bos",
     "exclude_special": "exclude_special", "join": "join", "batch_size": "batch_size", "scope": "scope",
     "min_explained_variance": "min_explained_variance", "center_activations": "center_activations",
+    "adapter_options": "adapter_options",
 }
 KNOWN_TABLES = {"metrics", "audit", "compare", "published"}
 META_KEYS = {"name", "description", "default", "reference"}

@@ -22,17 +22,19 @@ def needs_calibration(session: AuditSession, configurations: Sequence[Configurat
 
 
 def finish(session: AuditSession, result: RunResult, out_dir: str | Path | None, kind: str) -> RunResult:
-    """Run the metrics' analyses, then write the directory (tables, report) atomically."""
+    """Run the metrics' analyses, then write the directory (tables, report, manifest) in one step."""
     session.metrics.analyze(result, session.progress)
     if out_dir is False:
         return result
-    path = write_run(out_dir or default_out_dir(kind), result)
-    for name, table in (result.extra.get("tables") or {}).items():
-        table.to_parquet(path / name, index=False)
+    for name, table in (result.extra.get("tables") or {}).items():  # written with the data, listed in the manifest
+        result.files[name] = lambda path, table=table: table.to_parquet(path, index=False)
     from .report import write_report
 
-    session.progress("writing report")
-    write_report(result, path, metrics=session.metrics)
+    def render(tmp: Path) -> None:  # the report is built with the data, before the folder is put in place
+        session.progress("writing report")
+        write_report(result, tmp, metrics=session.metrics)
+
+    write_run(out_dir or default_out_dir(kind), result, render=render)
     return result
 
 

@@ -121,8 +121,9 @@ class ExplainedVariance:
     def update(self, x: Any, x_hat: Any) -> None:
         import torch
 
-        x = x.detach().to("cpu", torch.float64)
-        x_hat = x_hat.detach().to("cpu", torch.float64)
+        # per-token vectors; per-head activations (hook_z: [tokens, heads, d_head]) flattened
+        x = x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1)
+        x_hat = x_hat.detach().to("cpu", torch.float64).reshape(x.shape[0], -1)
         nb = x.shape[0]
         if nb == 0:
             return

@@ -8,7 +8,11 @@ Use them from a plugin's tests with ``pytest_plugins = "featsurv.testing"`` in c
 - ``tiny_sae``: a factory ``tiny_sae(model_dir, hook) -> directory`` of a sae-lens SAE that
   reconstructs the hook's activations exactly (so the fit check passes on a random model);
 - ``register_plugin``: ``register_plugin(obj, name=...)`` adds a plugin (module, class instance
-  or any object with ``@hookimpl`` functions) to the registry for one test only.
+  or any object with ``@hookimpl`` functions) to the registry for one test only;
+- ``clean_plugin_controls``: no FEATSURV_* plugin control variable leaks into a test, and the
+  plugin registry is rebuilt around it (use it with ``@pytest.mark.usefixtures``);
+- ``run_featsurv(*args, env_extra=...)``: the real `featsurv` command in a fresh process, with
+  the plugin control variables cleared (then ``env_extra`` applied).
 
 Everything is built offline from configs; nothing touches the network.
 """
@@ -29,6 +33,33 @@ WORDS = (
 ).split()
 
 FAMILIES = ("gpt_neox", "gemma2", "llama")
+#: the environment variables that control which plugins load
+CONTROL_VARS = ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS")
+
+
+def run_featsurv(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 300) -> Any:
+    """Run `featsurv ARGS...` in a fresh Python process; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in CONTROL_VARS}
+    env.update(env_extra or {})
+    code = "import sys; from featsurv.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def clean_plugin_controls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No plugin control variable leaks in from the environment; no registry leaks out of a test."""
+    from .plugins import reset_registry
+
+    for var in CONTROL_VARS:
+        monkeypatch.delenv(var, raising=False)
+    reset_registry()
+    yield
+    reset_registry()
 
 
 def write_corpus(path: Path, n_docs: int = 400, seed: int = 0) -> Path:

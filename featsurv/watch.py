@@ -241,19 +241,12 @@ def thresholds(summary: dict[str, Any]) -> dict[str, float]:
 
 def watch_gate(result_dir: Any, watch: Any, min_watched_survival: float = 1.0,
                summary: dict[str, Any] | None = None) -> list[Any]:
-    """Gate lines of a finished run's directory against a watch list."""
-    import json
+    """Gate lines of a finished run's directory (read through its verified manifest) against a watch list."""
+    from .results import load_run
 
-    import pandas as pd
-
-    from .results import FEATURES_FILE, SUMMARY_FILE
-
-    p = Path(result_dir)
-    if summary is None:
-        summary = json.loads((p / SUMMARY_FILE).read_text(encoding="utf-8"))
-    above = thresholds(summary)["survived_above"]
-    features = pd.read_parquet(p / FEATURES_FILE, columns=None)
-    return gate_lines(watched_section(features, watch, above), min_watched_survival)
+    run = load_run(result_dir)
+    above = thresholds(summary if summary is not None else run.summary)["survived_above"]
+    return gate_lines(watched_section(run.features, watch, above), min_watched_survival)
 
 
 __all__ = ["WatchItem", "parse_watch", "load_watch", "resolve_watch", "watched_section", "gate_lines",

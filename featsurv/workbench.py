@@ -74,7 +74,6 @@ def pair_saes(bench: Workbench, saes: list[tuple[str, Any]]) -> None:
     """One SAE per hook point, each checked against the loaded model."""
     o, loaded = bench.options, bench.loaded
     adapter, model = loaded.adapter, loaded.model
-    d_model = adapter.width(model)
     for i, (spec, sae) in enumerate(saes):
         hook = o.hooks[i] if o.hooks else sae.hook_name
         if not hook:
@@ -86,9 +85,10 @@ def pair_saes(bench: Workbench, saes: list[tuple[str, Any]]) -> None:
         if sae.model_name and not same_model(sae.model_name, o.model, getattr(getattr(model, "config", None), "_name_or_path", "")):
             bench.progress(f"warning: SAE {spec} says it was trained on {sae.model_name!r}, not {o.model!r}; "
                            "the fit check below tells whether it fits")
-        if sae.d_in != d_model:
+        width = adapter.hook_width(model, hook)
+        if sae.d_in != width:
             raise FeatsurvError(
-                f"SAE {spec!r} expects d_in={sae.d_in}, but model {o.model!r} has width {d_model} at {hook}",
+                f"SAE {spec!r} expects d_in={sae.d_in}, but model {o.model!r} has width {width} at {hook}",
                 hint="Pair the SAE with the model it was trained on (`featsurv presets` lists known pairings)")
         if hook in bench.hooks:
             raise FeatsurvError(f"Two SAEs are given for hook point {hook!r}", hint="Give one SAE per hook point")
@@ -138,7 +138,9 @@ def load_workbench(options: AuditOptions, registry: Registry, progress: Progress
     peek_dataset(bench)
     progress(f"loading model {options.model}")
     bench.loaded = load_model(registry, options.model, adapter=options.adapter, dtype=options.dtype,
-                              device=bench.device, trust_remote_code=options.trust_remote_code)
+                              device=bench.device, trust_remote_code=options.trust_remote_code,
+                              require_safetensors=options.require_safetensors,
+                              adapter_options=options.adapter_options)
     bench.loaded.adapter.compressible_weights(bench.loaded.model, options.scope)  # a scope it cannot take fails now
     pair_saes(bench, saes)
     calib = options.calibration_tokens or (DEFAULT_CALIBRATION_TOKENS if needs_calibration else 0)

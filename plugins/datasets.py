@@ -27,23 +27,47 @@ def _read_file(path: Path) -> Iterator[str]:
         raise FeatsurvError(f"Dataset file {str(path)!r} does not exist",
                             hint="Pass an existing .txt or .jsonl file, hf:NAME[:CONFIG[:SPLIT]], or featsurv:heldout")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8", errors="strict") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                except (ValueError, KeyError, TypeError):
-                    raise FeatsurvError(f"Line {i} of {str(path)!r} is not a JSON object with a 'text' field",
-                                        hint="Write one {\"text\": ...} object per line") from None
-                yield text
+        yield from _read_jsonl(path)
         return
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise FeatsurvError(f"Dataset file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                            hint="Convert it to UTF-8 (e.g. iconv -t utf-8) and run again") from None
+        raise _not_utf8(path, exc) from None
     yield from _paragraphs(text)
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError, offset: int = 0, line: int | None = None) -> FeatsurvError:
+    where = f"line {line}, " if line is not None else ""
+    return FeatsurvError(f"Dataset file {str(path)!r} is not UTF-8 text ({exc.reason} at {where}byte {offset + exc.start})",
+                         hint="Convert it to UTF-8 (e.g. iconv -t utf-8) and run again")
+
+
+def _read_jsonl(path: Path) -> Iterator[str]:
+    """One document per line: the ``text`` string of each JSON object (blank lines skipped)."""
+    offset = 0
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, exc, offset, i) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise FeatsurvError(f"Line {i} of {str(path)!r} is not valid JSON (expected an object with a 'text' field)",
+                                    hint="Write one {\"text\": ...} object per line") from None
+            if not isinstance(record, dict) or "text" not in record:
+                raise FeatsurvError(f"Line {i} of {str(path)!r} is not a JSON object with a 'text' field",
+                                    hint="Write one {\"text\": ...} object per line") from None
+            text = record["text"]
+            if not isinstance(text, str):
+                raise FeatsurvError(f"Line {i} of {str(path)!r} has a 'text' that is {type(text).__name__} "
+                                    f"{json.dumps(text)[:60]}, not a string",
+                                    hint="Write one {\"text\": \"...\"} object per line, its text a JSON string")
+            yield text
 
 
 class LocalText(DatasetSource):

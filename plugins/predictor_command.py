@@ -35,10 +35,13 @@ def predict_cmd(result_dir: str, folds: int, seed: int, statistics: str, no_repo
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
     predictors = predict_run(run, k=folds, seed=seed, progress=progress, statistics=statistics)
     run.summary[Predictor.summary_key] = predictors
-    run.save_summary()
-    click.echo(f"predictor: stored in {run.path / 'summary.json'}", err=True)
-    click.echo(dumps(predictors), nl=False) if as_json else click.echo(format_table(predictors))
+    render = None
     if not no_report:
         from featsurv.report import write_report
 
-        click.echo(f"report: {write_report(run)}", err=True)
+        render = lambda tmp: write_report(run, tmp)  # noqa: E731 - rendered into the folder before it is put in place
+    run.save(render=render)  # summary, report and manifest replaced in one step
+    click.echo(f"predictor: stored in {run.path / 'summary.json'}", err=True)
+    click.echo(dumps(predictors), nl=False) if as_json else click.echo(format_table(predictors))
+    if render is not None:
+        click.echo(f"report: {run.path / 'report.html'}", err=True)

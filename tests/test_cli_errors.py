@@ -1,12 +1,18 @@
 """Every user error: one paragraph naming the bad value, exit code 2, no traceback, nothing written."""
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from featsurv.cli import cli
 from featsurv.testing import write_exact_sae
+
+
+def run(args):
+    return CliRunner().invoke(cli, args)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +113,7 @@ def test_fit_check_stops_a_mispaired_sae(base_args, tmp_path):
     assert ok.exit_code == 0, ok.output
 
 
+@pytest.mark.slow
 def test_help_does_not_import_heavy_packages():
     code = ("import sys; from featsurv.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -114,3 +121,57 @@ def test_help_does_not_import_heavy_packages():
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
+
+
+def test_out_never_replaces_a_folder_of_other_files(base, tmp_path, monkeypatch):
+    user = tmp_path / "userdir"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    res = run(["audit", "rtn", "-p", "bits=4", *base, "--out", str(user)])
+    assert res.exit_code == 2 and "other files" in res.output
+    assert (user / "notes.txt").read_text() == "keep me"
+    monkeypatch.chdir(user)
+    assert run(["audit", "rtn", "-p", "bits=4", *base, "--out", "."]).exit_code == 2
+    # an earlier result is replaced
+    out = tmp_path / "res"
+    assert run(["audit", "rtn", "-p", "bits=4", *base, "--out", str(out)]).exit_code == 0
+    assert run(["audit", "rtn", "-p", "bits=5", *base, "--out", str(out)]).exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["results"][0]["label"] == "rtn int5"
+
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--ppl-window", "4096", "--perplexity", "sliding"], "exceeds"),
+    (["--context", "1024"], "exceeds"),
+    (["--scope", "attn,foo"], "attn,foo"),
+])
+def test_more_user_errors_are_clean(base, tmp_path, extra, needle):
+    args = list(base)
+    if "--context" in extra:
+        i = args.index("--context")
+        del args[i:i + 2]
+        i = args.index("--tokens")
+        args[i + 1] = "4096"
+    res = run(["audit", "rtn", *args, *extra, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
+
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_clean_error(base, tmp_path):
+    res = run(["audit", "rtn", *base, "--device", "cuda", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "no CUDA device" in res.output
+
+
+
+def test_non_utf8_dataset_is_a_clean_error(base, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    args = list(base)
+    args[args.index("--dataset") + 1] = str(bad)
+    res = run(["audit", "rtn", *args, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "not UTF-8" in res.output
+

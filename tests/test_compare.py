@@ -10,6 +10,10 @@ from featsurv.compare import bisect_knob
 from featsurv.plugins import get_registry
 
 
+def run(args):
+    return CliRunner().invoke(cli, args)
+
+
 class FakeSession:
     """Perplexity as a known function of the knob; records the values tried."""
 
@@ -64,3 +68,36 @@ def test_compare_end_to_end(tiny_models, tiny_sae, tiny_corpus, tmp_path):
     assert comp["matched_params"]["sparsity"] == min(comp["path"], key=lambda p: abs(p["relative_gap"]))["params"]["sparsity"]
     assert [r["label"] for r in summary["results"]] == [comp["a"], comp["b"]]
     assert "rtn int3 vs pruning s=" in result.output
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--range", "0.9,1.5"], "'sparsity'"),
+    (["--knob", "scope"], "non-numeric knob"),
+])
+def test_compare_rejects_a_bad_search_before_any_work(base, tmp_path, extra, needle):
+    res = run(["compare", "rtn", "magnitude", *base, *extra, "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output
+
+
+
+def test_bisection_never_picks_a_broken_step():
+    from types import SimpleNamespace
+
+    from featsurv.compare import bisect_knob
+    from featsurv.plugins import get_registry
+
+    class Session:
+        registry = get_registry()
+        metrics = SimpleNamespace(match_label=lambda: "perplexity")
+
+        def run(self, name, params, features=True, tokens=None):
+            s = params["sparsity"]
+            return SimpleNamespace(target=float("nan") if s > 0.3 else 10 * (1 + s))
+
+        def progress(self, msg):
+            pass
+
+    best, path = bisect_knob(Session(), "magnitude", {"scope": "matrix"}, "sparsity", 0.0, 0.8, 10 * 1.45, 3, 0.0)
+    assert path[0]["params"]["sparsity"] == 0.4 and path[0]["relative_gap"] == float("inf")
+    assert best["sparsity"] <= 0.3
+

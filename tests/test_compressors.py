@@ -1,11 +1,14 @@
 """RTN against hand computations; magnitude pruning (`pruning`, alias `magnitude`) against torch.nn.utils.prune."""
+
 import pytest
 import torch
-from torch.nn.utils import prune
-
-from featsurv.base import WeightTarget
 from featsurv_plugins.compress_pruning import Pruning as Magnitude
 from featsurv_plugins.compress_rtn import RTN, quantize_dequantize
+from torch.nn.utils import prune
+
+from featsurv.audit import make_options
+from featsurv.base import WeightTarget
+from featsurv.runs import run_audit
 
 W = torch.tensor([[0.9, -0.3, 0.1, 0.45],
                   [-2.0, 1.0, 0.5, 0.25]])
@@ -211,3 +214,20 @@ def test_rtn_native_on_float32_weights_equals_fp32_and_default_is_unchanged():
     assert torch.equal(lin_a.weight, lin_b.weight)
     assert RTN().label({"bits": 6, "symmetric": True, "granularity": "channel", "arith": "native"}) == \
         "rtn int6 arith=native"
+
+
+def test_tied_embeddings_need_both_scopes(tiny_models, tiny_sae, tiny_corpus, tmp_path):
+    # the tiny Gemma-2 ties its LM head to the embedding
+    from featsurv.errors import FeatsurvError
+
+    lone = make_options(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
+                        dataset=str(tiny_corpus), n_tokens=256, context=32, bootstrap=0, scope=("lm_head",))
+    with pytest.raises(FeatsurvError, match="tied"):
+        run_audit(lone, [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"})], out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    opts = make_options(model=str(tiny_models["gemma2"]), saes=[str(tiny_sae(tiny_models["gemma2"]))],
+                        dataset=str(tiny_corpus), n_tokens=256, context=32, bootstrap=0, scope=("embed", "lm_head"),
+                        min_explained_variance=0)
+    result = run_audit(opts, [("rtn", {"bits": 8, "symmetric": True, "granularity": "channel"})], out_dir=tmp_path / "r")
+    assert result.summary["results"][0]["n_active"] > 0
+

@@ -1,33 +1,33 @@
-"""The example third-party distribution plugins/featsurv-torchao, seen from the host.
+"""The separately packaged distributions in distributions/, seen from the host (torchao, the example, in detail).
 
-Its own tests (plugins/featsurv-torchao/tests) check the quantization itself; these check that
+Its own tests (distributions/featsurv-torchao/tests) check the quantization itself; these check that
 the installed distribution plugs into featsurv as a third party would: found through its entry
 point, controlled by the plugin variables, recorded in run.json, usable by `featsurv compare`,
 and packaged so that installing it never pulls another torch. Skipped when it is not installed
-(`make install` runs `pip install -e ./plugins/featsurv-torchao`).
+(`make install` runs `pip install -e ./distributions/featsurv-torchao`).
 """
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from importlib import metadata
-import os
 from pathlib import Path
 
 import pytest
 
 from featsurv.params import expand_grid
-from featsurv.plugins import build_registry, get_registry, reset_registry
+from featsurv.plugins import build_registry, get_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = ROOT / "plugins" / "featsurv-torchao"
+PLUGIN_DIR = ROOT / "distributions" / "featsurv-torchao"
 
 
 def _why_not_installed() -> str | None:
     try:
         metadata.distribution("featsurv-torchao")
     except metadata.PackageNotFoundError:
-        return ("featsurv-torchao is not installed: pip install -e ./plugins/featsurv-torchao "
+        return ("featsurv-torchao is not installed: pip install -e ./distributions/featsurv-torchao "
                 "(make install does this)")
     try:
         import featsurv_torchao  # noqa: F401
@@ -42,12 +42,8 @@ needs_plugin = pytest.mark.skipif(_why_not_installed() is not None and not os.en
 
 
 @pytest.fixture(autouse=True)
-def clean(monkeypatch):
-    for var in ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    reset_registry()
+def clean(clean_plugin_controls):
     yield
-    reset_registry()
 
 
 def test_packaging_never_pulls_another_torch():
@@ -121,3 +117,49 @@ def test_compare_torchao_rtn_on_a_tiny_model(tiny_models, tiny_sae, tiny_corpus,
     recorded = {p["name"]: p for p in run["plugins"]}
     assert recorded["torchao"]["distribution"] == "featsurv-torchao"
     assert recorded["torchao"]["version"] == metadata.version("featsurv-torchao")
+
+
+# --------------------------------------------------------------------------- every distribution in distributions/
+DISTRIBUTIONS = {"featsurv-torchao": ("torchao", "featsurv_torchao"), "featsurv-hqq": ("hqq", "featsurv_hqq"),
+                 "featsurv-bnb": ("bnb", "featsurv_bnb"), "featsurv-gptq": ("gptq", "featsurv_gptq")}
+
+
+def test_the_main_package_does_not_ship_the_distributions():
+    """featsurv's own wheel lists its packages by name: nothing under distributions/ gets into it."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert isinstance(tool["packages"], list), "keep an explicit package list (no find:, which could pick them up)"
+    assert not any(p.startswith(tuple(m for _, m in DISTRIBUTIONS.values())) for p in tool["packages"])
+    assert all(not d.startswith("distributions") for d in tool["package-dir"].values())
+    assert sorted(p.name for p in (ROOT / "distributions").iterdir() if p.is_dir()) == sorted(DISTRIBUTIONS)
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+def test_each_distribution_is_packaged_like_the_example(dist):
+    folder = ROOT / "distributions" / dist
+    project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    name, module = DISTRIBUTIONS[dist]
+    assert project["name"] == dist and project["entry-points"]["featsurv"] == {name: module}
+    from packaging.requirements import Requirement
+
+    assert "torch" not in {Requirement(d).name.lower() for d in project["dependencies"]}, "never depend on torch"
+    assert (folder / "README.md").is_file() and (folder / "tests" / "conftest.py").is_file()
+    assert (ROOT / "docs" / "plugins" / f"{name}.md").is_file() or name == "torchao"
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+def test_each_installed_distribution_is_found_and_listed(dist):
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{dist} is not installed (make install does it)")
+    name, _ = DISTRIBUTIONS[dist]
+    info = get_registry().provider("compressors", name)
+    assert (info.name, info.distribution, info.version) == (name, dist, metadata.version(dist))
+    from click.testing import CliRunner
+
+    from featsurv.cli import cli
+
+    text = CliRunner().invoke(cli, ["plugins"]).output
+    assert f"compressor {name}:" in text

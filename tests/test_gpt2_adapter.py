@@ -26,7 +26,14 @@ from featsurv.plugins import build_registry
 from featsurv.progress import Progress
 from featsurv.runs import run_audit
 from featsurv.testing import write_exact_sae
-from featsurv_plugins.compress_magnitude import Magnitude
+from featsurv_plugins.compress_pruning import Pruning
+
+
+def Magnitude():  # noqa: N802 - the magnitude method of the pruning compressor, its defaults filled in
+    class _Filled:
+        def compress(self, targets, params):
+            Pruning().compress(targets, {**{q.name: q.default for q in Pruning.params}, **params})
+    return _Filled()
 from featsurv_plugins.compress_rtn import RTN
 
 D_MODEL, N_HEADS, N_LAYERS, N_CTX = 32, 4, 2, 64

@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import tomllib
 import warnings
 from pathlib import Path
@@ -29,12 +28,18 @@ import pytest
 import torch
 
 from featsurv import hookspecs
-from featsurv.plugins import PluginWarning, Registry, build_registry, get_registry, reset_registry
+from featsurv.plugins import (
+    PluginWarning,
+    Registry,
+    build_registry,
+    get_registry,
+    reset_registry,
+)
+from featsurv.testing import run_featsurv
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "plugins"
 HOOKS_MD = DOCS / "hooks.md"
-CONTROL_VARS = ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS")
 
 HOOKSPECS: dict[str, Callable[..., Any]] = {
     name: fn for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, "featsurv_spec")}
@@ -113,19 +118,12 @@ def hook_example(hook: str) -> tuple[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def clean_controls(monkeypatch):
-    for var in CONTROL_VARS:
-        monkeypatch.delenv(var, raising=False)
-    reset_registry()
+def clean_controls(clean_plugin_controls):
     yield
-    reset_registry()
 
 
 def _featsurv(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in CONTROL_VARS}
-    env.update(env_extra or {})
-    code = "import sys; from featsurv.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    return run_featsurv(*args, env_extra=env_extra, timeout=300)
 
 
 # --------------------------------------------------------------------------- hooks.md <-> hookspecs
@@ -415,6 +413,7 @@ def test_tutorial_compare_toy_rtn(toy_site, tiny_models, tiny_sae, tiny_corpus, 
     assert comparison["a"] == "toy mantissa_bits=2" and comparison["b"].startswith("rtn int")
 
 
+@pytest.mark.slow
 def test_tutorial_plugin_is_listed_by_the_cli(toy_site):
     out = _featsurv("plugins", "--json", env_extra={"PYTHONPATH": os.pathsep.join(
         [str(toy_site), *filter(None, [os.environ.get("PYTHONPATH")])])})
@@ -457,7 +456,7 @@ def _torchao_plugin_importable() -> str | None:
     try:
         metadata.distribution("featsurv-torchao")
     except metadata.PackageNotFoundError:
-        return "featsurv-torchao is not installed (make install runs pip install -e ./plugins/featsurv-torchao)"
+        return "featsurv-torchao is not installed (make install runs pip install -e ./distributions/featsurv-torchao)"
     try:
         import featsurv_torchao  # noqa: F401
     except Exception as exc:  # pragma: no cover - depends on the environment
@@ -465,6 +464,7 @@ def _torchao_plugin_importable() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_torchao_plugin_importable() is not None and not os.environ.get("CI"),  # CI installs it
                     reason=str(_torchao_plugin_importable()))
 def test_cli_lists_the_example_distribution():

@@ -18,9 +18,9 @@ import pytest
 
 from featsurv import FeatsurvError
 from featsurv.plugins import PluginWarning, build_registry, get_registry, reset_registry
+from featsurv.testing import run_featsurv
 
 BUILTIN_COMPRESSORS = {"rtn", "pruning"}
-CONTROL_VARS = ("FEATSURV_LOAD_PLUGINS", "FEATSURV_DISABLE_PLUGINS", "FEATSURV_PLUGINS_DIR", "FEATSURV_STRICT_PLUGINS")
 
 COMPRESSOR_PLUGIN = '''
 from featsurv import Compressor, hookimpl
@@ -60,13 +60,8 @@ def register_compressors(register):
 
 
 @pytest.fixture(autouse=True)
-def clean_controls(monkeypatch: pytest.MonkeyPatch):
-    """No control variable leaks in from the environment; no registry leaks out of a test."""
-    for var in CONTROL_VARS:
-        monkeypatch.delenv(var, raising=False)
-    reset_registry()
+def clean_controls(clean_plugin_controls):
     yield
-    reset_registry()
 
 
 @pytest.fixture
@@ -271,17 +266,35 @@ def test_registering_a_non_compressor_is_a_warning(make_dist):
 # --------------------------------------------------------------------------- duplicate names
 def test_duplicate_item_names_error_naming_both_plugins(make_dist):
     make_dist("dupeplug", modules={"dupeplug_mod": COMPRESSOR_PLUGIN.format(compressor="rtn")})
+    registry = build_registry()  # recorded, not raised: `featsurv plugins` must still work
+    assert "rtn" in registry.plugins["dupeplug"].provides["compressors"]
     with pytest.raises(FeatsurvError, match="Two plugins register a compressor named 'rtn'") as info:
-        build_registry()
+        registry.get("compressors", "rtn")  # raised when the name is used
     assert "'rtn'" in str(info.value) and "'dupeplug'" in str(info.value)
     assert "FEATSURV_DISABLE_PLUGINS" in str(info.value)
+    assert registry.get("compressors", "pruning").name == "pruning"  # other names still work
+    with pytest.raises(FeatsurvError, match="named 'rtn'"):
+        registry.all("compressors")
+    assert registry.conflict_messages() == [info.value.message]
+
+
+def test_duplicate_item_names_raise_at_once_when_strict(make_dist, monkeypatch):
+    make_dist("dupeplug", modules={"dupeplug_mod": COMPRESSOR_PLUGIN.format(compressor="rtn")})
+    monkeypatch.setenv("FEATSURV_STRICT_PLUGINS", "1")
+    with pytest.raises(FeatsurvError, match="Two plugins register a compressor named 'rtn'"):
+        build_registry()
 
 
 def test_duplicate_plugin_names_error_naming_both_distributions(make_dist):
     make_dist("clashplug", entry_points={"rtn": "clashplug_mod"})
+    registry = build_registry()
+    assert {info.distribution for info in registry.plugins.values() if info.name.startswith("rtn")} == {
+        "featsurv", "clashplug"}  # both are listed
     with pytest.raises(FeatsurvError, match="Two plugins are named 'rtn'") as info:
-        build_registry()
+        registry.get("compressors", "clashplugcomp")
     assert "featsurv" in str(info.value) and "clashplug" in str(info.value)
+    with pytest.raises(FeatsurvError, match="Two plugins are named 'rtn'"):
+        registry.get("compressors", "rtn")  # whichever of the two registered it, or neither
 
 
 def test_duplicate_is_resolved_by_disabling_one(make_dist, monkeypatch):
@@ -292,16 +305,14 @@ def test_duplicate_is_resolved_by_disabling_one(make_dist, monkeypatch):
 
 # --------------------------------------------------------------------------- through the real CLI
 def _featsurv(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in CONTROL_VARS}
-    env.update(env_extra or {})
-    code = "import sys; from featsurv.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    return run_featsurv(*args, env_extra=env_extra, timeout=120)
 
 
 def _pythonpath(site: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
+@pytest.mark.slow
 def test_cli_plugins_json_lists_a_fake_distribution(make_dist, site):
     make_dist("fakeplug", "1.0")
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
@@ -312,6 +323,7 @@ def test_cli_plugins_json_lists_a_fake_distribution(make_dist, site):
     assert listed["rtn"]["distribution"] == "featsurv"
 
 
+@pytest.mark.slow
 def test_cli_controls_through_the_environment(make_dist, site):
     make_dist("fakeplug")
     env = _pythonpath(site)
@@ -323,6 +335,7 @@ def test_cli_controls_through_the_environment(make_dist, site):
     assert "fakeplug" in names and "rtn" not in names
 
 
+@pytest.mark.slow
 def test_cli_broken_plugin_warns_on_stderr_and_keeps_stdout_clean(make_dist, site):
     make_dist("brokenplug", modules={"brokenplug_mod": BROKEN_ON_IMPORT})
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
@@ -333,13 +346,24 @@ def test_cli_broken_plugin_warns_on_stderr_and_keeps_stdout_clean(make_dist, sit
     assert strict.returncode != 0 and "RuntimeError: boom at import" in strict.stderr
 
 
-def test_cli_duplicate_is_one_paragraph_exit_2(make_dist, site):
+@pytest.mark.slow
+def test_cli_duplicate_is_listed_by_plugins_and_one_paragraph_exit_2_when_used(make_dist, site):
     make_dist("dupeplug", modules={"dupeplug_mod": COMPRESSOR_PLUGIN.format(compressor="rtn")})
     out = _featsurv("plugins", "--json", env_extra=_pythonpath(site))
-    assert out.returncode == 2
-    assert "Two plugins register a compressor named 'rtn'" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 0, out.stderr
+    listed = {p["name"]: p for p in json.loads(out.stdout)}
+    assert listed["dupeplug"]["provides"] == {"compressors": ["rtn"]} and "pruning" in listed
+    assert "Two plugins register a compressor named 'rtn'" in listed["dupeplug"]["conflicts"][0]
+    assert listed["rtn"]["conflicts"] == listed["dupeplug"]["conflicts"]
+    text = _featsurv("plugins", env_extra=_pythonpath(site))
+    assert text.returncode == 0 and "Conflicts" in text.stdout and "'dupeplug'" in text.stdout
+    used = _featsurv("audit", "rtn", "--out", str(site / "never"), env_extra=_pythonpath(site))
+    assert used.returncode == 2
+    assert "Two plugins register a compressor named 'rtn'" in used.stderr and "Traceback" not in used.stderr
+    assert not (site / "never").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["separate", "equals"])
 def test_cli_plugins_dir_option(plugins_dir, form):
     args = ["--plugins-dir", str(plugins_dir)] if form == "separate" else [f"--plugins-dir={plugins_dir}"]
@@ -349,11 +373,13 @@ def test_cli_plugins_dir_option(plugins_dir, form):
     assert listed["localplug"]["provides"] == {"compressors": ["localcomp"]}
 
 
+@pytest.mark.slow
 def test_cli_plugins_dir_environment(plugins_dir):
     out = _featsurv("plugins", "--json", env_extra={"FEATSURV_PLUGINS_DIR": str(plugins_dir)})
     assert "localplug" in {p["name"] for p in json.loads(out.stdout)}
 
 
+@pytest.mark.slow
 def test_cli_plugins_dir_missing(tmp_path):
     out = _featsurv("--plugins-dir", str(tmp_path / "nope"), "plugins")
     assert out.returncode == 2 and "does not exist or is not a folder" in out.stderr

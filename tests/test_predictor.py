@@ -87,6 +87,7 @@ def test_threshold_label_known_answer():
     assert "threshold" in res["excluded"]
 
 
+@pytest.mark.slow
 def test_logistic_folds_match_a_manual_scikit_learn_loop():
     df = synth_features(seed=3, band_from=lambda d, rng: np.where(
         -np.log(d["firing_rate"]) + rng.normal(0, 1.0, len(d)) < 4.0, 0.95, 0.3))

@@ -4,10 +4,16 @@ import sys
 import zipfile
 
 import pytest
+from click.testing import CliRunner
 
+from featsurv.cli import cli
 from featsurv.params import expand_grid
 from featsurv.plugins import get_registry
 from featsurv.presets import get_preset, load_presets
+
+
+def run(args):
+    return CliRunner().invoke(cli, args)
 
 REFERENCE = ("pythia-70m", "gemma-2-2b")
 
@@ -50,6 +56,7 @@ def test_unknown_preset_is_a_clear_error():
         get_preset("nosuch")
 
 
+@pytest.mark.slow
 def test_wheel_ships_presets_plugins_and_embedded_data(tmp_path):
     from pathlib import Path
 
@@ -65,3 +72,11 @@ def test_wheel_ships_presets_plugins_and_embedded_data(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[featsurv]" in text and "rtn = featsurv_plugins.compress_rtn" in text
+
+
+def test_user_sae_drops_the_preset_hooks():
+    from featsurv.cli.common import build_options
+
+    opts, _ = build_options({"preset": "pythia-70m", "saes": ("/some/sae",), "model": "/some/model"})
+    assert opts.hooks is None
+

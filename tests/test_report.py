@@ -116,7 +116,10 @@ def test_report_renders_with_everything(tmp_path):
     assert "pythia &lt;70m&gt;" in html_text  # escaped
     assert "Most damaged features" in html_text and "decoder_norm" in html_text
     assert "encoder_norm" not in html_text.split("Most damaged features")[1].split("<h2>Run")[0]  # all-NaN column
-    assert "[" in html_text and "Bisection path" in html_text
+    import re
+
+    assert re.search(r"\d+\.\d+% \[\d+\.\d%, \d+\.\d%\]", html_text)  # a band fraction with its CI
+    assert "Bisection path" in html_text
     # no temporary files are left behind
     assert not [p for p in report.parent.iterdir() if p.name.endswith(".tmp")]
 

@@ -1,13 +1,20 @@
 """The audit token set and perplexity against Hugging Face's own loss."""
+import json
 import math
 
 import pytest
 import torch
+from click.testing import CliRunner
+from featsurv_plugins.metric_perplexity import WindowNLL, sliding_perplexity
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from featsurv.cli import cli
 from featsurv.errors import FeatsurvError
 from featsurv.tokens import build_tokens
-from featsurv_plugins.metric_perplexity import WindowNLL, sliding_perplexity
+
+
+def run(args):
+    return CliRunner().invoke(cli, args)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +81,13 @@ def test_sliding_perplexity_matches_a_hand_loop(tiny_models):
                 break
     assert out["n_predicted"] == count == 49
     assert out["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_sliding_perplexity_defaults_fit_the_model(base, tmp_path):
+    out = tmp_path / "s"
+    res = run(["audit", "rtn", "-p", "bits=8", *base, "--perplexity", "sliding", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["derived"]["metrics"]["perplexity"] == {"window": 256, "stride": 64}
+    assert run_json["metric_options"]["perplexity"]["window"] is None  # derived, not written back
+

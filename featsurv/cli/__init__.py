@@ -15,16 +15,16 @@ HELPER_MODULES = {"common", "table"}
 
 
 def builtin_commands() -> list[str]:
-    """Names of the built-in command modules (derived from this package's files)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in HELPER_MODULES)
+    """Names of the built-in commands (derived from this package's files; ``sweep_report`` -> ``sweep-report``)."""
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if m.name not in HELPER_MODULES)
 
 
 def _use_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     """--plugins-dir is eager: it takes effect before --help lists commands and before any command runs."""
-    if value:
-        from ..plugins import set_plugins_dir
+    from .. import plugins
 
-        set_plugins_dir(value)
+    if value or plugins._PLUGINS_DIR is not None:  # each invocation uses only its own --plugins-dir
+        plugins.set_plugins_dir(value or None)
 
 
 class LazyGroup(click.Group):
@@ -65,7 +65,7 @@ class LazyGroup(click.Group):
         if name not in builtin_commands():
             return None
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
             command = module.command
         except (ImportError, AttributeError) as exc:
             raise click.ClickException(f"command {name!r} is not available: {exc}") from None
@@ -77,14 +77,37 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="featsurv")
 @click.option("--plugins-dir", type=click.Path(file_okay=False), default=None, is_eager=True, expose_value=False,
               callback=_use_plugins_dir, help="Also load every *.py in this folder as a plugin (one-off, unpackaged).")
-def cli() -> None:
+@click.option("--debug", is_flag=True, envvar="FEATSURV_DEBUG",
+              help="Show the full traceback of an unexpected error (also FEATSURV_DEBUG=1).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """featsurv: what compression does to a model's SAE features, not just its perplexity.
 
     Run `featsurv compare rtn pruning` on the embedded default model, or
     `featsurv audit rtn -p bits=8,6,4 --model DIR --sae DIR` on your own.
     """
+    from ..results import release_all_reservations
+
+    global _DEBUG
+    _DEBUG = debug
+    ctx.call_on_close(release_all_reservations)  # result folders this command reserved
+
+
+_DEBUG = False
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """The `featsurv` command. Exit 0: done; 1: a gate failed, or an unexpected error (a bug, named
+    in one paragraph; the traceback with --debug or FEATSURV_DEBUG=1); 2: bad input, nothing written."""
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    return cli.main(args=argv, prog_name="featsurv")
+    try:
+        return cli.main(args=argv, prog_name="featsurv")
+    except Exception as exc:  # click handled its own errors (exit 2) and Ctrl-C (exit 1) already
+        if _DEBUG or os.environ.get("FEATSURV_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        from ..errors import describe_crash
+
+        click.echo(describe_crash(exc), err=True)
+        sys.exit(1)

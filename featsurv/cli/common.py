@@ -19,6 +19,8 @@ HOST_OPTIONS: list[tuple[list[str], dict[str, Any]]] = [
     opt(["--preset"], default=None, help="Named preset (see `featsurv presets`); default: the embedded model."),
     opt(["--model"], default=None, help="Hub id or local directory of a Hugging Face causal LM."),
     opt(["--adapter"], default=None, help="Model adapter to use (default: chosen from the model's config)."),
+    opt(["--adapter-option", "adapter_option_items"], multiple=True, metavar="KEY=VALUE",
+        help="Option of the model adapter (repeat; `featsurv plugins` lists them), e.g. fold_ln=false."),
     opt(["--sae", "saes"], multiple=True, help="SAE: sae-lens directory or RELEASE:SAE_ID. Repeat for several hook points."),
     opt(["--hook", "hooks"], multiple=True, help="Hook point of each --sae (default: the SAE's metadata)."),
     opt(["--dataset"], default=None, help="file.txt, file.jsonl, hf:NAME[:CONFIG[:SPLIT]] or featsurv:heldout (default)."),
@@ -47,7 +49,7 @@ HOST_OPTIONS: list[tuple[list[str], dict[str, Any]]] = [
     opt(["-q", "--quiet"], is_flag=True, help="No progress on stderr."),
 ]
 #: keys of the options above that are not AuditOptions fields
-CLI_ONLY = {"preset", "out_dir", "quiet", "keep_special", "metric_option_items"}
+CLI_ONLY = {"preset", "out_dir", "quiet", "keep_special", "metric_option_items", "adapter_option_items"}
 
 
 def _metric_options(registry: Any) -> list[click.Option]:
@@ -126,6 +128,11 @@ def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
         raise FeatsurvError("--model was given without --sae", hint="Pass --sae for the model, or drop --model to use the preset")
     if "saes" in given and "hooks" not in given:
         values.pop("hooks", None)  # the preset's hooks belong to the preset's SAEs
+    if "adapter" in given and given["adapter"] != values.get("adapter"):
+        values.pop("adapter_options", None)  # the preset's options belong to the preset's adapter
+    adapter_opts = _adapter_options(kwargs.get("adapter_option_items") or ())
+    if adapter_opts:  # given options override the preset's one by one
+        values["adapter_options"] = {**values.get("adapter_options", {}), **adapter_opts}
     merged = {m: dict(o) for m, o in (values.pop("metric_options", None) or {}).items()}
     for metric, opts in metric_opts.items():
         merged.setdefault(metric, {}).update(opts)
@@ -143,6 +150,21 @@ def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     except OptionError as exc:
         raise exc.shown_as(flag_of(exc.option)) from None
     return options, preset
+
+
+def _adapter_options(items: tuple[str, ...]) -> dict[str, str]:
+    """``("fold_ln=false", ...)`` as a dict; each key once."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise FeatsurvError(f"Bad --adapter-option {item!r}: expected KEY=VALUE",
+                                hint="Write e.g. `--adapter-option fold_ln=false`")
+        if key in out:
+            raise FeatsurvError(f"Adapter option {key!r} given twice", hint="Give each --adapter-option key once")
+        out[key] = value
+    return out
 
 
 def published_for(options: Any, preset: Any) -> Any:

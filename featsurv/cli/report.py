@@ -12,11 +12,18 @@ import click
               help="Most damaged features listed per configuration.")
 def report_cmd(result_dir: str, out_dir: str | None, top: int) -> None:
     """Render the offline HTML report of a finished run and print its path."""
-    from ..report import write_report
-    from ..results import RunResult
+    from pathlib import Path
+
+    from ..report import REPORT_FILE, write_report
+    from ..results import RunResult, write_folder
 
     run = RunResult.load(result_dir)
-    click.echo(str(write_report(run, out_dir, top_n=top)))
+    render = lambda tmp: write_report(run, tmp, top_n=top)  # noqa: E731 - built before the folder is put in place
+    if out_dir is None or Path(out_dir).expanduser().resolve() == run.path.resolve():
+        folder = run.save(render=render)  # the run's folder, rewritten in one step with its manifest
+    else:
+        folder = write_folder(out_dir, render)
+    click.echo(str(folder / REPORT_FILE))
 
 
 command = report_cmd

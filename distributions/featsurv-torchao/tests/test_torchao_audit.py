@@ -81,7 +81,7 @@ def _installed() -> metadata.Distribution | None:
 
 
 @pytest.mark.skipif(_installed() is None, reason="featsurv-torchao is not pip-installed "
-                    "(pip install -e ./plugins/featsurv-torchao)")
+                    "(pip install -e ./distributions/featsurv-torchao)")
 def test_entry_point_is_declared_and_listed():
     dist = _installed()
     eps = [ep for ep in dist.entry_points if ep.group == "featsurv"]

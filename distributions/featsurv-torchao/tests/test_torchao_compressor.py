@@ -50,6 +50,7 @@ def test_hook_registers_the_compressor():
     assert registry.plugins["torchao"].provides == {"compressors": ["torchao"]}
 
 
+@pytest.mark.slow
 def test_import_is_cheap():
     """Registering must not import torchao (featsurv --help stays fast)."""
     code = "import sys, featsurv_torchao; print('torchao' in sys.modules)"
@@ -192,6 +193,7 @@ def test_labels():
     assert COMP.label({**DEFAULTS, "bits": 6, "granularity": "group:32"}) == "torchao int6 granularity=group:32"
 
 
+@pytest.mark.slow
 def test_torchao_import_noise_is_filtered():
     """On a CPU-only torch, importing torchao logs CUDA-kernel load failures; the plugin drops exactly those."""
     code = ("import featsurv_torchao, logging, torchao\n"

@@ -1,6 +1,6 @@
 """featsurv-torchao: a third-party featsurv plugin wrapping torchao's weight-only quantization.
 
-Installed with ``pip install ./plugins/featsurv-torchao``, it is found through the entry point
+Installed with ``pip install ./distributions/featsurv-torchao``, it is found through the entry point
 ``torchao = "featsurv_torchao"`` in the ``featsurv`` group and registers one compressor,
 ``torchao`` (``featsurv plugins`` lists it with its parameters). Importing this module is cheap:
 torchao and torch are imported only when the compressor runs.

@@ -1,0 +1,80 @@
+"""Wall time of one sweep, local vs ray (a local 2-CPU Ray cluster), and the overhead per job.
+
+    .venv/bin/python benchmarks/bench_sweep.py [--models 2] [--tokens 1024] [--repeat 1]
+
+Builds tiny random models and exact SAEs (featsurv.testing), writes a sweep of MODELS models x 2
+SAEs x 3 configurations, runs `featsurv sweep` in a fresh process with each executor, and prints
+the wall times. Overhead per job: (ray wall - local wall / parallelism) / jobs, where the ideal
+ray time is the local time divided by min(jobs, 2) workers; a measured, not a modelled, figure
+for the Ray start-up and task dispatch on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from featsurv.testing import (CONTROL_VARS, build_tiny_model, build_tokenizer, write_corpus,
+                              write_exact_sae)
+
+FAMILIES = ("gpt_neox", "gemma2", "llama")
+HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+
+
+def build(root: Path, n_models: int, tokens: int) -> Path:
+    corpus = write_corpus(root / "corpus.txt")
+    tok = build_tokenizer(corpus, root / "tok")
+    parts = ['[sweep]\nname = "bench"\n', f'[data]\ndataset = "{corpus}"\ntokens = {tokens}\ncontext = 32\n',
+             "[options]\nbootstrap = 0\n"]
+    for i in range(n_models):
+        family = FAMILIES[i % len(FAMILIES)]
+        model = build_tiny_model(family, root / f"m{i}", tok, seed=i)
+        saes = [str(write_exact_sae(root / f"m{i}-{h}", 32, h)) for h in HOOKS]
+        parts.append(f'[[models]]\nname = "m{i}"\npath = "{model}"\nsaes = {json.dumps(saes)}\n')
+    parts.append('[[configurations]]\ncompressor = "rtn"\nparams = { bits = [8, 4] }\n'
+                 '[[configurations]]\ncompressor = "pruning"\nparams = { sparsity = 0.5 }\n')
+    (root / "sweep.toml").write_text("\n".join(parts))
+    return root / "sweep.toml"
+
+
+def timed(spec: Path, out: Path, executor: str) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in CONTROL_VARS}
+    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    code = "import sys; from featsurv.cli import main; sys.exit(main(sys.argv[1:]))"
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code, "sweep", str(spec), "--out", str(out), "--executor",
+                          executor, "-q"], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"{executor} sweep failed:\n{res.stdout}\n{res.stderr}")
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        spec = build(root, args.models, args.tokens)
+        walls: dict[str, list[float]] = {"local": [], "ray": []}
+        for r in range(args.repeat):
+            for executor in walls:
+                walls[executor].append(timed(spec, root / f"{executor}-{r}", executor))
+        local, ray = min(walls["local"]), min(walls["ray"])
+        jobs = args.models
+        ideal = local / min(jobs, 2)
+        print(f"sweep: {jobs} models x 2 SAEs x 3 configurations, {args.tokens} tokens, {os.cpu_count()} cores")
+        print(f"local wall {local:.1f}s; ray wall {ray:.1f}s (ideal with 2 workers {ideal:.1f}s)")
+        print(f"ray overhead per job: {(ray - ideal) / jobs:.1f}s (start-up, import and model load per worker)")
+
+
+if __name__ == "__main__":
+    main()
