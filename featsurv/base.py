@@ -165,6 +165,9 @@ class LoadedSAE:
     prepend_bos: bool | None = None
     architecture: str = ""
     source: str = ""
+    #: The SAE's Neuronpedia id (sae-lens ``cfg.metadata.neuronpedia_id``, e.g. ``gpt2-small/0-res-jb``):
+    #: feature N's page is https://neuronpedia.org/{neuronpedia_id}/N.
+    neuronpedia_id: str | None = None
 
     def encode(self, x: "torch.Tensor") -> "torch.Tensor":
         return self.sae.encode(x)

@@ -88,7 +88,7 @@ def fp_pass(bench: Workbench, metrics: MetricSet) -> dict[str, Any]:
         "n_tokens": tokens.n_tokens, "n_contexts": tokens.n_contexts, "context": tokens.context,
         "prepend_bos": tokens.prepend_bos, "metrics": model_metrics,
         "saes": {h: {"spec": s.sae.spec, "architecture": s.sae.architecture, "d_in": s.sae.d_in,
-                     "model_name": s.sae.model_name, "d_sae": s.sae.d_sae,
+                     "model_name": s.sae.model_name, "neuronpedia_id": s.sae.neuronpedia_id, "d_sae": s.sae.d_sae,
                      "explained_variance": s.explained_variance, "fit": s.fit}
                  for h, s in bench.hooks.items()},
     }

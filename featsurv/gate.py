@@ -36,7 +36,7 @@ def _num(v: Any) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
+def evaluate_gate(summary: dict[str, Any], min_survival: float | None = 0.9,
                   max_ppl_change: float | None = None) -> list[GateLine]:
     """One :class:`GateLine` per entry of ``summary["results"]``, in order."""
     from .results import check_summary
@@ -49,7 +49,9 @@ def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
     for res in results:
         surv, ppl = _num(res.get("survived")), _num(res.get("perplexity_change"))
         reasons, ok = [], True
-        if surv is None:
+        if min_survival is None:
+            reasons.append("survived " + ("n/a" if surv is None else f"{surv:.2%}") + " (not gated)")
+        elif surv is None:
             ok = False
             reasons.append("survived fraction unknown (no active features?)")
         elif surv < min_survival:
@@ -74,18 +76,31 @@ def evaluate_gate(summary: dict[str, Any], min_survival: float = 0.9,
     return lines
 
 
-def run_gate(result_dir: Any, min_survival: float = 0.9, max_ppl_change: float | None = None) -> tuple[bool, list[GateLine]]:
+def run_gate(result_dir: Any, min_survival: float | None = 0.9, max_ppl_change: float | None = None,
+             watch: Any = None, min_watched_survival: float = 1.0) -> tuple[bool, list[GateLine]]:
     """Load a result directory or a sweep directory (verified against its manifests) and gate it:
     ``(all_passed, lines)``.
 
-    A missing, incomplete or damaged directory raises FeatsurvError naming the file.
+    A missing, incomplete or damaged directory raises FeatsurvError naming the file. ``watch`` (a
+    watch file or list, see featsurv.watch) adds one line per configuration that fails when fewer
+    than ``min_watched_survival`` of the watched features survived; with a watch list and neither
+    ``min_survival`` nor ``max_ppl_change``, only the watch list is gated.
     """
     from .results import load_run
     from .sweep.store import is_sweep_dir, sweep_summary
 
-    if is_sweep_dir(result_dir):  # a `featsurv sweep` directory: every piece, verified
+    sweep = is_sweep_dir(result_dir)
+    if sweep:  # a `featsurv sweep` directory: every piece, verified
         summary = sweep_summary(result_dir)
     else:
         summary = load_run(result_dir, features=False).summary
-    lines = evaluate_gate(summary, min_survival, max_ppl_change)
+    gated = watch is None or min_survival is not None or max_ppl_change is not None
+    lines = evaluate_gate(summary, min_survival, max_ppl_change) if gated else []
+    if watch is not None:
+        if sweep:
+            raise FeatsurvError(f"--watch gates a run directory; {str(result_dir)!r} is a sweep directory",
+                                hint="Pass one of the sweep's run folders to gate its watched features")
+        from .watch import watch_gate
+
+        lines += watch_gate(result_dir, watch, min_watched_survival, summary)
     return all(line.passed for line in lines), lines

@@ -78,7 +78,8 @@ class SaeLensSource(SAESource):
         return SaeLensSAE(
             sae=sae, spec=spec, hook_name=meta.get("hook_name"), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
             model_name=meta.get("model_name"), context_size=meta.get("context_size"),
-            prepend_bos=meta.get("prepend_bos"), architecture=sae.cfg.architecture(), source=self.name)
+            prepend_bos=meta.get("prepend_bos"), architecture=sae.cfg.architecture(), source=self.name,
+            neuronpedia_id=meta.get("neuronpedia_id"))
 
 
 @hookimpl

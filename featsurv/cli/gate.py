@@ -6,21 +6,31 @@ import click
 
 @click.command("gate")
 @click.argument("result_dir", metavar="RESULT_DIR")
-@click.option("--min-survival", type=click.FloatRange(0.0, 1.0), default=0.9, show_default=True,
-              help="Smallest allowed survived fraction of active features.")
+@click.option("--min-survival", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Smallest allowed survived fraction of active features (default 0.9; not checked "
+                   "with --watch unless given).")
 @click.option("--max-ppl-change", type=float, default=None,
               help="Largest allowed relative perplexity change (0.01 = +1%); not checked when omitted.")
+@click.option("--watch", "watch", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Watch list (hook,feature or feature ids per line): also gate the watched features.")
+@click.option("--min-watched-survival", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+              help="With --watch: smallest allowed survived fraction of the watched features.")
 @click.pass_context
-def gate_cmd(ctx: click.Context, result_dir: str, min_survival: float, max_ppl_change: float | None) -> None:
+def gate_cmd(ctx: click.Context, result_dir: str, min_survival: float | None, max_ppl_change: float | None,
+             watch: str | None, min_watched_survival: float) -> None:
     """Pass or fail a finished audit: exit 0 when every configuration passes, 1 when any fails.
 
     A configuration fails when its survived fraction is below --min-survival, or (when given)
     its perplexity change is above --max-ppl-change. One line per configuration says why.
-    Exit 2: RESULT_DIR is not a featsurv result.
+    With --watch FILE, a configuration also fails when fewer than --min-watched-survival of the
+    watched features survived; the line names every one that did not.
+    Exit 2: RESULT_DIR is not a featsurv result, or the watch file names unknown hooks or ids.
     """
     from ..gate import run_gate
 
-    ok, lines = run_gate(result_dir, min_survival, max_ppl_change)
+    if min_survival is None and watch is None:
+        min_survival = 0.9
+    ok, lines = run_gate(result_dir, min_survival, max_ppl_change, watch, min_watched_survival)
     show_hook = len({line.hook for line in lines}) > 1
     for line in lines:
         click.echo(line.text(show_hook))

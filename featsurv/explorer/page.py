@@ -1,0 +1,428 @@
+"""The feature explorer: one self-contained ``explorer.html`` built from a finished run.
+
+Inputs: the run's features table (``run.features``), its ``contexts`` table when the
+``contexts`` metric ran (``contexts.parquet``), and ``summary.json`` (thresholds, the SAEs'
+Neuronpedia ids, the watch list). Output: an HTML page with inline CSS and JavaScript and the
+data embedded as JSON (deflate-compressed and base64-encoded when large); it loads nothing from
+the network and works from ``file://``.
+
+Size: only active features get rows; numbers carry 4 significant digits; window activations
+are quantized to one digit per token, 0 or 1..9 ninths of the feature's largest shown activation
+(exact values at the activating token are kept); the tokens of each context
+are stored once. Contexts are embedded for at most ``shown`` per feature and kind; when the
+page would exceed ``budget`` bytes, contexts are kept for the most damaged features first.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ..base import ReportSection
+
+EXPLORER_FILE = "explorer.html"
+SHOWN = 8  # contexts per feature and kind embedded in the page
+LEVELS = 9  # shading levels of window activations (the activating token's value is exact)
+BUDGET = 9_500_000  # bytes of the whole page
+PLAIN_LIMIT = 1_500_000  # raw JSON up to this size is embedded uncompressed
+BAND_CODE = {"survived": 0, "blurred": 1, "damaged": 2}
+FP_STATS = ("firing_rate", "mean_act", "peak_act")
+EXTRA_STATS = ("decoder_norm", "encoder_norm", "encoder_bias", "threshold")
+ASSETS = Path(__file__).resolve().parent
+
+
+def _g(v: Any) -> Any:
+    """A compact JSON number (4 significant digits), None for missing or non-finite."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(f):
+        return None
+    if f == int(f) and abs(f) < 1e9:
+        return int(f)
+    return float(f"{f:.4g}")
+
+
+def load_contexts(run: Any) -> Any:
+    """The run's contexts table: in memory (``run.tables`` / ``run.extra``) or contexts.parquet."""
+    for holder in (getattr(run, "tables", None), (getattr(run, "extra", None) or {}).get("tables")):
+        if isinstance(holder, dict):
+            for key in ("contexts.parquet", "contexts"):
+                if holder.get(key) is not None:
+                    return holder[key]
+    path = getattr(run, "path", None)
+    if path is not None and (Path(path) / "contexts.parquet").is_file():
+        import pandas as pd
+
+        return pd.read_parquet(Path(path) / "contexts.parquet", dtype_backend="pyarrow")
+    return None
+
+
+def neuronpedia_ids(summary: dict[str, Any]) -> dict[str, str]:
+    """hook -> the SAE's Neuronpedia id (sae-lens ``cfg.metadata.neuronpedia_id``), where known."""
+    saes = ((summary or {}).get("baseline") or {}).get("saes") or {}
+    return {h: str(s["neuronpedia_id"]) for h, s in saes.items() if isinstance(s, dict) and s.get("neuronpedia_id")}
+
+
+def _stack(column: Any, width: int, fill: Any, dtype: Any) -> Any:
+    """A list column (Arrow-backed, or one array per row) as a 2-D array ``[rows, width]``."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(getattr(column, "dtype", None), pd.ArrowDtype):
+        import pyarrow.compute as pc
+
+        arr = pa.chunked_array(column.array._pa_array).combine_chunks() if len(column) else None
+        if arr is not None and arr.null_count == 0 and (pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type)):
+            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            if (lengths == width).all():
+                values = arr.flatten().to_numpy(zero_copy_only=False)
+                return values.reshape(len(column), width).astype(dtype, copy=False)
+        column = column.to_numpy()
+    else:
+        column = column.to_numpy() if hasattr(column, "to_numpy") else column
+    try:
+        out = np.stack(column).astype(dtype) if len(column) else np.full((0, width), fill, dtype=dtype)
+        if out.shape == (len(column), width):
+            return out
+    except (ValueError, TypeError):
+        pass
+    out = np.full((len(column), width), fill, dtype=dtype)
+    for i, v in enumerate(column):
+        if v is not None and len(v):
+            out[i, :len(v)] = v
+    return out
+
+
+def _round4(values: Any) -> list[Any]:
+    """4 significant digits, as a list (None for non-finite values)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(x) & (x != 0)
+    mag = np.where(ok, 10.0 ** (3 - np.floor(np.log10(np.abs(np.where(ok, x, 1.0))))), 1.0)
+    r = np.where(ok, np.round(x * mag) / mag, x)
+    return [None if not math.isfinite(v) else v for v in r.tolist()]
+
+
+class _Windows:
+    """The shown contexts as arrays, one row per (hook, config, feature, kind, rank)."""
+
+    def __init__(self, contexts: Any, hooks: list[str], configs: list[str], shown: int):
+        import numpy as np
+        import pandas as pd
+
+        ctx = contexts[(contexts["rank"] < shown) & contexts["hook"].astype(str).isin(hooks)
+                       & contexts["config"].astype(str).isin(configs)]
+        hook_idx = {h: i for i, h in enumerate(hooks)}
+        conf_idx = {c: i for i, c in enumerate(configs)}
+        self.h = ctx["hook"].astype(str).map(hook_idx).to_numpy(np.int64)
+        self.c = ctx["config"].astype(str).map(conf_idx).to_numpy(np.int64)
+        self.f = ctx["feature"].to_numpy(np.int64)
+        self.kind = (ctx["kind"].astype(str) != "fp_top").to_numpy(np.int64)
+        self.rank = ctx["rank"].to_numpy(np.int64)
+        self.context = ctx["context"].to_numpy(np.int64)
+        self.position = ctx["position"].to_numpy(np.int64)
+        self.start = ctx["window_start"].to_numpy(np.int64)
+        self.fp_act = _round4(ctx["fp_act"].to_numpy(np.float64))
+        self.comp_act = _round4(ctx["compressed_act"].to_numpy(np.float64))
+        self.both = ctx["in_both"].to_numpy(bool)
+        self.window = int((self.position - self.start)[0]) if len(ctx) else 0
+        width = 2 * self.window + 1
+        self.ids = _stack(ctx["window_ids"], width, -1, np.int64)
+        fpw = _stack(ctx["fp_window"], width, np.nan, np.float32)
+        cw = _stack(ctx["compressed_window"], width, np.nan, np.float32)
+        fpw, cw = np.where(fpw > 0, fpw, 0.0), np.where(cw > 0, cw, 0.0)  # NaN (not kept) -> 0
+        peak = np.maximum(fpw.max(axis=1, initial=0.0), cw.max(axis=1, initial=0.0))
+        key = self.h * (1 << 32) + self.f
+        scale = pd.Series(peak).groupby(key).transform("max").to_numpy() if len(ctx) else peak
+        self.scale = np.where(scale > 0, scale, 1.0)
+        self.sp_fp = self._sparse(fpw)
+        self.sp_c = self._sparse(cw)
+        # the text of each token id, from its first occurrence
+        flat = self.ids.ravel()
+        seen = np.full(int(flat.max(initial=-1)) + 1, -1, dtype=np.int64)
+        valid = np.flatnonzero(flat >= 0)[::-1]
+        seen[flat[valid]] = valid  # reversed: the first occurrence is written last
+        uniq = np.flatnonzero(seen >= 0)
+        first = seen[uniq]
+        tokens = ctx["window_tokens"]
+        rows = first // width
+        sub = tokens.iloc[rows] if len(rows) else tokens.iloc[:0]
+        self.tok_ids = uniq
+        self.tok_strings = [str(list(t)[j]) for t, j in zip(sub.tolist(), (first % width).tolist())]
+
+    def _sparse(self, w: Any) -> list[str]:
+        """Per row: one digit per window position, 0 (not firing) or 1..LEVELS of the block's scale."""
+        import numpy as np
+
+        q = np.where(w > 0, np.clip(np.ceil(LEVELS * w / self.scale[:, None]), 1, LEVELS), 0).astype(np.uint8)
+        text = (q + ord("0")).tobytes().decode("ascii")
+        width = q.shape[1] if q.ndim == 2 else 0
+        return [text[i:i + width] for i in range(0, len(text), width)] if width else [""] * len(q)
+
+    def blocks(self, n_configs: int) -> dict[str, tuple[str, list[int]]]:
+        """Per "hookIndex:feature": the embedded contexts (as JSON text) and the rows they use.
+
+        A block is ``{"s": scale, "f": [[ctx, pos, fp_act, fp_digits]...] (FP top, by rank),
+        "c": per configuration [[compressed_act, compressed_digits]...] aligned with "f",
+        "t": per configuration its own top: [ctx, pos, compressed_act, fp_act, compressed_digits,
+        fp_digits, in_both] or [j] for the shown FP entry j it shares}``; digits: one per window
+        position (see ``_sparse``).
+        """
+        import numpy as np
+
+        order = np.lexsort((self.rank, self.c, self.kind, self.f, self.h))
+        h_, f_, kind_, c_ = self.h.tolist(), self.f.tolist(), self.kind.tolist(), self.c.tolist()
+        cx_, pos_, both_ = self.context.tolist(), self.position.tolist(), self.both.tolist()
+        scale_ = _round4(self.scale)
+        blocks: dict[str, tuple[dict[str, Any], list[int]]] = {}
+        fp_rows: dict[tuple[int, int], int] = {}
+        first_conf = -1
+        for i in order.tolist():
+            name = f"{h_[i]}:{f_[i]}"
+            entry = blocks.get(name)
+            c, spot = c_[i], (cx_[i], pos_[i])
+            if entry is None:
+                entry = blocks[name] = ({"s": scale_[i], "f": [], "c": [None] * n_configs,
+                                         "t": [None] * n_configs}, [])
+                fp_rows, first_conf = {}, c if kind_[i] == 0 else -1
+            block, rows = entry
+            if kind_[i] == 0:
+                if c == first_conf:
+                    fp_rows[spot] = len(block["f"])
+                    block["f"].append([spot[0], spot[1], self.fp_act[i], self.sp_fp[i]])
+                    rows.append(i)
+                lst = block["c"][c]
+                if lst is None:
+                    lst = block["c"][c] = []
+                slot = fp_rows.get(spot)
+                if slot is not None:
+                    lst.extend([None] * (slot + 1 - len(lst)))
+                    lst[slot] = [self.comp_act[i], self.sp_c[i]]
+            else:
+                if block["t"][c] is None:
+                    block["t"][c] = []
+                slot = fp_rows.get(spot) if both_[i] else None
+                if slot is not None:
+                    block["t"][c].append([slot])
+                else:
+                    block["t"][c].append([spot[0], spot[1], self.comp_act[i], self.fp_act[i], self.sp_c[i],
+                                          self.sp_fp[i], 1 if both_[i] else 0])
+                    rows.append(i)
+        return {k: (json.dumps(b, separators=(",", ":"), allow_nan=False), r) for k, (b, r) in blocks.items()}
+
+    def tokens(self, rows: list[int]) -> tuple[list[str], dict[str, list[int]]]:
+        """The token table and, per context used by ``rows``, its tokens from the first stored position."""
+        import numpy as np
+
+        if not rows:
+            return [], {}
+        r = np.asarray(rows)
+        width = self.ids.shape[1]
+        ctx = np.repeat(self.context[r], width)
+        pos = (self.start[r][:, None] + np.arange(width)[None, :]).ravel()
+        ids = self.ids[r].ravel()
+        ok = ids >= 0
+        ctx, pos, ids = ctx[ok], pos[ok], ids[ok]
+        used_ctx = np.unique(self.context[r])
+        row_of = np.searchsorted(used_ctx, ctx)
+        grid = np.full((len(used_ctx), int(pos.max()) + 1), -1, dtype=np.int64)  # O(contexts x positions)
+        grid[row_of, pos] = ids
+        present = np.unique(grid[grid >= 0])
+        strings = [self.tok_strings[j] for j in np.searchsorted(self.tok_ids, present).tolist()]
+        codes = np.where(grid >= 0, np.searchsorted(present, grid.clip(min=0)), -1)
+        out: dict[str, list[int]] = {}
+        has = grid >= 0
+        lo = has.argmax(axis=1)
+        hi = grid.shape[1] - 1 - has[:, ::-1].argmax(axis=1)
+        for i, c in enumerate(used_ctx.tolist()):
+            out[str(c)] = [int(lo[i])] + codes[i, lo[i]:hi[i] + 1].tolist()
+        return strings, out
+
+
+def _feature_rows(features: Any, hooks: list[str], configs: list[str]) -> list[dict[str, Any]]:
+    """Per hook: the active features' FP statistics and, per configuration, r / band / extras."""
+    import numpy as np
+
+    out = []
+    for hook in hooks:
+        fh = features[features["hook"].astype(str) == hook] if "hook" in features.columns else features
+        if "active" in fh.columns:
+            fh = fh[fh["active"].astype(bool)]
+        ids = np.sort(fh["feature"].astype(int).unique())
+        first = fh.drop_duplicates("feature").set_index("feature").reindex(ids)
+        stats = {s: [_g(v) for v in first[s]] for s in FP_STATS + EXTRA_STATS
+                 if s in first.columns and first[s].notna().any()}
+        entry: dict[str, Any] = {"id": [int(i) for i in ids], "s": stats, "r": [], "b": [], "sil": [], "ov": []}
+        for config in configs:
+            fc = fh[fh["config"].astype(str) == config].drop_duplicates("feature").set_index("feature").reindex(ids)
+            entry["r"].append([_g(v) for v in fc["r"]] if "r" in fc.columns else [None] * len(ids))
+            entry["b"].append([BAND_CODE.get(str(v), -1) for v in fc["band"]] if "band" in fc.columns
+                              else [-1] * len(ids))
+            entry["sil"].append([1 if v is True or v == 1 else 0 for v in fc["silenced"]]
+                                if "silenced" in fc.columns else [])
+            ov = "contexts.top_overlap"
+            entry["ov"].append([_g(v) for v in fc[ov]] if ov in fc.columns else [])
+        out.append(entry)
+    return out
+
+
+def _priority(feats: list[dict[str, Any]], watched: set[tuple[int, int]]) -> dict[str, float]:
+    """Lower first: watched features, then by their lowest r across configurations."""
+    out = {}
+    for h, entry in enumerate(feats):
+        for i, fid in enumerate(entry["id"]):
+            rs = [rows[i] for rows in entry["r"] if rows and rows[i] is not None]
+            out[f"{h}:{fid}"] = (-10.0 if (h, fid) in watched else 0.0) + (min(rs) if rs else 2.0)
+    return out
+
+
+def _watched(summary: dict[str, Any], hooks: list[str]) -> list[list[Any]]:
+    section = (summary or {}).get("watched")
+    items = section.get("features") if isinstance(section, dict) else None
+    out = []
+    for item in items or []:
+        hook = item.get("hook")
+        if hook in hooks:
+            out.append([hooks.index(hook), int(item.get("feature")), item.get("name") or "", item.get("note") or ""])
+    return out
+
+
+def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tuple[dict[str, Any], Any]:
+    """The page's data without its contexts, and the shown contexts as arrays (or None)."""
+    from ..watch import thresholds
+
+    features = run.features
+    summary = run.summary or {}
+    hooks = sorted(str(h) for h in features["hook"].unique()) if "hook" in features.columns and len(features) else []
+    configs = list(dict.fromkeys(str(c) for c in features["config"])) if len(features) else []
+    results = [r for r in summary.get("results") or [] if isinstance(r, dict)]
+    order = list(dict.fromkeys(str(r.get("label")) for r in results if str(r.get("label")) in configs))
+    configs = order + [c for c in configs if c not in order]
+    feats = _feature_rows(features, hooks, configs) if hooks else []
+    windows = _Windows(contexts, hooks, configs, shown) if contexts is not None and len(contexts) else None
+    np_ids = neuronpedia_ids(summary)
+    base = summary.get("baseline") or {}
+    data = {
+        "v": 1,
+        "hooks": hooks, "configs": configs,
+        "th": thresholds(summary),
+        "np": [np_ids.get(h) for h in hooks],
+        "stats": sorted({s for e in feats for s in e["s"]}, key=lambda s: (FP_STATS + EXTRA_STATS).index(s)),
+        "feats": feats,
+        "watched": _watched(summary, hooks),
+        "run": {"n_tokens": base.get("n_tokens"), "perplexity": _g(base.get("perplexity")),
+                "command": (run.run or {}).get("command")},
+        "has_contexts": windows is not None,
+        "shown": shown,
+        "window": windows.window if windows is not None else 0,
+        "levels": LEVELS,
+    }
+    return data, windows
+
+
+def _estimate(raw: str, chunk: int = 131072, samples: int = 8) -> float:
+    """Estimated page bytes of ``raw`` once encoded (compressing evenly spaced samples only)."""
+    n = len(raw)
+    if n <= PLAIN_LIMIT:
+        return float(n)
+    step = max(chunk, n // samples)
+    parts = [raw[i:i + chunk].encode("utf-8") for i in range(0, n, step)]
+    ratio = sum(len(zlib.compress(p, 6)) for p in parts) / max(1, sum(len(p) for p in parts))
+    return n * ratio * 4 / 3 + 60_000
+
+
+def _encode(raw: str) -> tuple[str, str]:
+    if len(raw.encode("utf-8")) <= PLAIN_LIMIT:
+        return "json", raw.replace("<", "\\u003c")
+    return "deflate-base64", base64.b64encode(zlib.compress(raw.encode("utf-8"), 6)).decode("ascii")
+
+
+def _render(payload: tuple[str, str], title: str) -> str:
+    import html
+
+    enc, text = payload
+    css = (ASSETS / "explorer.css").read_text(encoding="utf-8")
+    js = (ASSETS / "explorer.js").read_text(encoding="utf-8")
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>", f"<style>{css}</style>", "</head>",
+        '<body><div id="app"><p id="loading">Loading the feature explorer…</p></div>',
+        f'<script type="application/octet-stream" id="data" data-enc="{enc}">{text}</script>',
+        f"<script>{js}</script>", "</body>", "</html>", ""])
+
+
+def build_explorer(run: Any, contexts: Any = None, *, shown: int = SHOWN, budget: int = BUDGET,
+                   title: str = "featsurv feature explorer") -> tuple[str, dict[str, Any]]:
+    """The explorer page for a run, and facts about it (features, contexts embedded, bytes)."""
+    if contexts is None:
+        contexts = load_contexts(run)
+    data, windows = explorer_data(run, contexts, shown=shown)
+    blocks = windows.blocks(len(data["configs"])) if windows is not None else {}
+    watched = {(w[0], w[1]) for w in data["watched"]}
+    prio = _priority(data["feats"], watched)
+    keys = sorted((k for k in blocks if k in prio), key=lambda k: (prio[k], k))  # active features only
+    sizes = [len(blocks[k][0]) for k in keys]
+    n = len(keys)
+    for attempt in range(8):
+        last = attempt == 7 or n == 0
+        chosen = keys[:n]
+        tok, ctx = windows.tokens([i for k in chosen for i in blocks[k][1]]) if windows else ([], {})
+        data.update({"n_cx": n, "n_cx_total": len(keys), "tok": tok, "ctx": ctx})
+        head = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        raw = head[:-1] + ',"cx":{' + ",".join(f'"{k}":{blocks[k][0]}' for k in chosen) + "}}"
+        estimate = _estimate(raw)
+        if estimate > budget and not last:  # shrink before compressing it all
+            ratio = estimate / max(1, len(raw))
+        else:
+            enc = _encode(raw)
+            page = _render(enc, title)
+            size = len(page.encode("utf-8"))
+            if size <= budget or last:
+                break
+            ratio = size / max(1, len(raw))
+        # keep the most damaged features: as many blocks as the measured bytes per raw byte allow
+        allowed = (budget * 0.97 / ratio) - (len(raw) - sum(sizes[:n]))
+        cum, m = 0, 0
+        while m < n and cum + sizes[m] + 8 <= allowed:
+            cum += sizes[m] + 8
+            m += 1
+        n = min(m, n - 1)
+    facts = {"bytes": size, "features": sum(len(e["id"]) for e in data["feats"]), "contexts_features": n,
+             "contexts_features_total": len(keys), "encoding": enc[0]}
+    return page, facts
+
+
+def write_explorer(run: Any, out_dir: str | Path, **kwargs: Any) -> Path:
+    """Write explorer.html into ``out_dir`` (atomically); return its path."""
+    from ..results import write_text_atomic
+
+    page, _ = build_explorer(run, **kwargs)
+    path = Path(out_dir) / EXPLORER_FILE
+    write_text_atomic(path, page)
+    return path
+
+
+def explorer_section(run: Any) -> ReportSection | None:
+    """The report section linking explorer.html (written beside report.html)."""
+    import html
+
+    if run.features is None or not len(run.features):
+        return None
+    page, facts = build_explorer(run)
+    ctx = (f"top-activating contexts for {facts['contexts_features']} of {facts['contexts_features_total']} features"
+           + (" (the most damaged first; the page's size budget holds no more)"
+              if facts["contexts_features"] < facts["contexts_features_total"] else "")
+           if facts["contexts_features_total"] else "no contexts (the contexts metric did not run)")
+    body = (f'<p><a href="{EXPLORER_FILE}"><strong>Open the feature explorer</strong></a>: '
+            f"{facts['features']} active features (sortable, filterable table; r against FP firing rate; "
+            f"per-feature view), {html.escape(ctx)}. Self-contained ({facts['bytes'] / 2**20:.1f} MiB), works offline.</p>"
+            "<p class=\"note\">In a terminal: <code>featsurv features RUN --worst 10</code>.</p>")
+    return ReportSection("Feature explorer", body, files={EXPLORER_FILE: page.encode("utf-8")}, order=20)
