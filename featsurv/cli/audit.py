@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .common import add_metric_options, audit_options, build_options, parse_configurations, progress_for, published_for
+from .common import (add_metric_options, audit_options, build_options, parse_configurations, preset_notes, progress_for,
+                     published_for)
 
 
 @click.command(name="audit")
@@ -23,16 +24,18 @@ def audit_cmd(compressor: str, params: tuple[str, ...], **kwargs) -> None:
 
     registry = get_registry()
     options, preset = build_options(kwargs)
-    preset_params = None
-    if preset and preset.audit.get("compressor") == compressor:
-        preset_params = preset.audit.get("params")
-    configurations = parse_configurations(registry, compressor, params, preset_params)
-    session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
-    result = run_audit(options, configurations, out_dir=kwargs["out_dir"], session=session,
-                       command="audit " + compressor)
+    configurations, notes = parse_configurations(registry, compressor, params, preset)
+    progress = progress_for(kwargs["quiet"])
+    for note in preset_notes(kwargs, preset) + notes:
+        progress(note)
+    session = AuditSession(options, registry, progress)
+    try:
+        result = run_audit(options, configurations, out_dir=kwargs["out_dir"], session=session,
+                           command="audit " + compressor)
+    finally:
+        progress.close()
     print_summary(result.summary, result.path, session.metrics)
     print_published(result.summary, published_for(options, preset), registry)
-
 
 command = audit_cmd
 refresh = add_metric_options

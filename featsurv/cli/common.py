@@ -115,34 +115,22 @@ def split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
 
 def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """AuditOptions from CLI values over the preset's values; returns (options, preset or None)."""
-    from ..data_paths import resolve
-    from ..options import OptionError, make_options
-    from ..presets import get_preset
+    from ..defaults import resolve_options
+    from ..options import OptionError
 
     given, metric_opts, enabled = split_kwargs(kwargs)
-    preset = get_preset(kwargs.get("preset")) if kwargs.get("preset") or "model" not in given else None
-    values: dict[str, Any] = dict(preset.options) if preset else {}
-    if preset and "model" in given and "saes" not in given:
-        raise FeatsurvError("--model was given without --sae", hint="Pass --sae for the model, or drop --model to use the preset")
-    if "saes" in given and "hooks" not in given:
-        values.pop("hooks", None)  # the preset's hooks belong to the preset's SAEs
-    merged = {m: dict(o) for m, o in (values.pop("metric_options", None) or {}).items()}
-    for metric, opts in metric_opts.items():
-        merged.setdefault(metric, {}).update(opts)
-    values.update(given)
-    values["metrics"] = list(dict.fromkeys([*values.get("metrics", []), *enabled]))
-    values["saes"] = [resolve(s) for s in values.get("saes", [])]
-    if preset:
-        values["preset"] = preset.name
     try:
-        options = make_options(**values, metric_options=merged).validate()
-        from ..metric_set import parse_metric_options
-        from ..plugins import get_registry
-
-        parse_metric_options(get_registry(), merged)  # bad metric options fail here, before any work
+        return resolve_options(given, metric_opts, enabled, kwargs.get("preset"))
     except OptionError as exc:
         raise exc.shown_as(flag_of(exc.option)) from None
-    return options, preset
+
+
+def preset_notes(kwargs: dict[str, Any], preset: Any) -> list[str]:
+    """Lines naming each default the preset overrides, by its flag (for the progress output)."""
+    from ..defaults import option_notes
+
+    given, _, _ = split_kwargs(kwargs)
+    return option_notes(preset, given, flag_of)
 
 
 def published_for(options: Any, preset: Any) -> Any:
@@ -163,16 +151,10 @@ def progress_for(quiet: bool) -> Any:
 
 
 def parse_configurations(registry: Any, compressor: str, params: tuple[str, ...],
-                         preset_params: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """Validate `-p` values against the compressor's declared parameters and expand sweeps."""
-    from ..params import expand_grid, parse_assignments
+                         preset: Any = None) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """Validate `-p` values against the compressor's declared parameters and expand sweeps
+    (the preset's recipe when no -p is given); returns (configurations, notes)."""
+    from ..defaults import audit_configurations
+    from ..params import parse_assignments
 
-    comp = registry.get("compressors", compressor)
-    raw = parse_assignments(params)
-    if not raw and preset_params:
-        raw = {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in preset_params.items()}
-    configurations = [(compressor, cfg) for cfg in expand_grid(comp.params, raw, compressor)]
-    if not configurations:
-        raise FeatsurvError(f"The -p values {' '.join(params)!r} give no configuration to run",
-                            hint="Give each -p key at least one value, e.g. -p bits=8,6")
-    return configurations
+    return audit_configurations(registry, compressor, parse_assignments(params), preset)
