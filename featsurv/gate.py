@@ -93,5 +93,8 @@ def run_gate(result_dir: Any, min_survival: float = 0.9, max_ppl_change: float |
                             hint="The run may have been written by an incompatible version; re-run the audit") from None
     if not isinstance(summary, dict):
         raise FeatsurvError(f"{str(p / SUMMARY_FILE)!r} does not hold a featsurv summary")
+    from .schema import version_of
+
+    version_of(summary, str(p / SUMMARY_FILE))  # a newer schema's numbers may mean something else
     lines = evaluate_gate(summary, min_survival, max_ppl_change)
     return all(line.passed for line in lines), lines

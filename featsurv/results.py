@@ -5,6 +5,7 @@ Layout (SPEC section 6):
 - ``summary.json``: ``baseline``, ``results`` (one entry per configuration and hook),
   ``comparisons`` (compare), ``predictors`` (when run);
 - ``features.parquet``: one row per (configuration, hook, feature);
+- every file's columns and keys, and the schema version (``featsurv.schema``): docs/results.md;
 - ``report.html`` and its PNG figures, added by `featsurv report` (also at the end of a run).
 
 A run is built in a hidden temporary folder beside the target and renamed into place only when
@@ -97,8 +98,14 @@ class RunResult:
             raise FeatsurvError(
                 f"{str(path)!r} is not a featsurv result directory" + (f" (missing {', '.join(missing)})" if p.is_dir() else ""),
                 hint="Pass the folder printed at the end of `featsurv audit` or `featsurv compare`")
-        return cls(json.loads((p / RUN_FILE).read_text()), json.loads((p / SUMMARY_FILE).read_text()),
-                   pd.read_parquet(p / FEATURES_FILE), p)
+        from .schema import check_run, migrate
+
+        summary = json.loads((p / SUMMARY_FILE).read_text())
+        version = check_run(p, summary, p / FEATURES_FILE)  # another schema: migrated, or refused
+        result = cls(json.loads((p / RUN_FILE).read_text()), summary,
+                     migrate(version, summary, pd.read_parquet(p / FEATURES_FILE)), p)
+        result.extra["schema_version"] = version
+        return result
 
     def save_summary(self) -> None:
         """Rewrite summary.json in place (atomically), e.g. after `featsurv predict`."""
@@ -130,13 +137,19 @@ def write_run(out_dir: str | Path, result: RunResult) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .schema import parquet_metadata
+
     out = check_out_dir(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
         (tmp / RUN_FILE).write_text(dumps(result.run), encoding="utf-8")
         (tmp / SUMMARY_FILE).write_text(dumps(result.summary), encoding="utf-8")
-        pq.write_table(pa.Table.from_pandas(result.features, preserve_index=False), tmp / FEATURES_FILE)
+        table = pa.Table.from_pandas(result.features, preserve_index=False)
+        meta = parquet_metadata(result.summary, result.run)
+        if meta:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        pq.write_table(table, tmp / FEATURES_FILE)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; a result is not
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

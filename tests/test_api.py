@@ -74,7 +74,8 @@ def test_notebook_style_audit_of_the_embedded_default(tmp_path, monkeypatch):
     summary = cli_summary(["audit", "rtn", "-p", "bits=3", "--tokens", "2048", "--bootstrap", "0"], tmp_path / "cli")
     assert_bands_match(run, summary)
     loaded = featsurv.load_run("api")
-    assert loaded.path == (tmp_path / "api").resolve() == run.path
+    assert loaded.path == (tmp_path / "api").resolve() == run.path and loaded.id == run.id
+    assert run.id == json.loads((tmp_path / "api" / "run.json").read_text())["run_id"] != summary["run_id"]
     assert loaded.bands().equals(run.bands())
     assert_bands_match(loaded, summary)
     # the preset's values, as the CLI fills them
