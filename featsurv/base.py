@@ -78,8 +78,12 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
-             trust_remote_code: bool = False) -> LoadedModel:
-        """Load model and tokenizer from a hub id or a local directory."""
+             trust_remote_code: bool = False, **kwargs: Any) -> LoadedModel:
+        """Load model and tokenizer from a hub id or a local directory.
+
+        Newer keywords (``revision``: a hub branch, tag or commit) are passed only when the user
+        set them and only to a ``load`` that accepts them (by name or ``**kwargs``); an adapter
+        written without them keeps working, and refuses the option with a clear error."""
 
     @abstractmethod
     def layers(self, model: Any) -> Sequence[Any]:

@@ -72,7 +72,7 @@ def option_notes(preset: Any, given: dict[str, Any], name: Callable[[str], str] 
 def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 def _params_text(params: dict[str, Any]) -> str:

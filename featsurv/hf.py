@@ -133,16 +133,17 @@ class HFDecoderAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ loading
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
-             trust_remote_code: bool = False) -> LoadedModel:
+             trust_remote_code: bool = False, revision: str | None = None, **kwargs: Any) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # featsurv reports its own progress
         tdtype = torch_dtype(dtype)
+        hub = {"revision": revision} if revision else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=tdtype, trust_remote_code=trust_remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+                source, dtype=tdtype, trust_remote_code=trust_remote_code, **hub)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
         except (OSError, ValueError) as exc:
             raise model_load_error(source, exc) from None
         model.to(device)

@@ -22,20 +22,40 @@ def pick_adapter(registry: Registry, config: Any, adapter: str | None) -> Any:
         hint="Pass --adapter NAME, or write an adapter plugin (docs/plugins/adapters.md)")
 
 
+def load_keywords(adapter: Any, **optional: Any) -> dict[str, Any]:
+    """The optional keywords set (not None) that ``adapter.load`` accepts; one it does not accept is
+    a FeatsurvError (adapters written before a keyword existed keep working without it)."""
+    import inspect
+
+    given = {k: v for k, v in optional.items() if v is not None}
+    params = inspect.signature(adapter.load).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return given
+    refused = sorted(set(given) - set(params))
+    if refused:
+        raise FeatsurvError(f"Model adapter {adapter.name!r} does not take {', '.join(refused)} "
+                            f"(--{refused[0].replace('_', '-')})",
+                            hint=f"Drop the option, or add {refused[0]}=None (or **kwargs) to the adapter's load()")
+    return given
+
+
 def load_model(registry: Registry, source: str, *, adapter: str | None = None, dtype: str = "float32",
-               device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a model through the adapter that matches its config (or the one named)."""
+               device: str = "cpu", trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
+    """Load a model through the adapter that matches its config (or the one named); ``revision``: a hub
+    branch, tag or commit."""
     from transformers import AutoConfig
 
     from .hf import model_load_error
 
     path = resolve(source)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                            **({"revision": revision} if revision else {}))
     except (OSError, ValueError) as exc:
         raise model_load_error(source, exc) from None
     chosen = pick_adapter(registry, config, adapter)
-    loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                         **load_keywords(chosen, revision=revision))
     try:
         # resolve everything the audit will need now, so a mismatch fails before any work
         n_layers = len(chosen.layers(loaded.model))

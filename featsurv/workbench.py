@@ -123,7 +123,8 @@ def load_workbench(options: AuditOptions, registry: Registry, progress: Progress
     torch.manual_seed(options.seed)
     progress(f"loading model {options.model}")
     bench.loaded = load_model(registry, options.model, adapter=options.adapter, dtype=options.dtype,
-                              device=bench.device, trust_remote_code=options.trust_remote_code)
+                              device=bench.device, trust_remote_code=options.trust_remote_code,
+                              revision=options.revision)
     bench.loaded.adapter.compressible_weights(bench.loaded.model, options.scope)  # a scope it cannot take fails now
     load_saes(bench)
     calib = options.calibration_tokens or (DEFAULT_CALIBRATION_TOKENS if needs_calibration else 0)

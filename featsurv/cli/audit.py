@@ -10,7 +10,8 @@ from .common import (add_metric_options, audit_options, build_options, parse_con
 @click.command(name="audit")
 @click.argument("compressor")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE[,VALUE...]",
-              help="Compressor parameter; commas sweep (-p bits=8,6,4).")
+              help="Compressor parameter; commas sweep (-p bits=8,6,4). [default: each parameter's declared "
+                   "default (`featsurv plugins`); with no -p, a preset's recipe for its own compressor]")
 @audit_options
 def audit_cmd(compressor: str, params: tuple[str, ...], **kwargs) -> None:
     """Audit COMPRESSOR against the full-precision model.
@@ -20,7 +21,7 @@ def audit_cmd(compressor: str, params: tuple[str, ...], **kwargs) -> None:
     from ..audit import AuditSession
     from ..plugins import get_registry
     from ..runs import run_audit
-    from .table import print_published, print_summary
+    from .table import print_json, print_published, print_summary
 
     registry = get_registry()
     options, preset = build_options(kwargs)
@@ -34,6 +35,9 @@ def audit_cmd(compressor: str, params: tuple[str, ...], **kwargs) -> None:
                            command="audit " + compressor)
     finally:
         progress.close()
+    if kwargs["as_json"]:
+        print_json(result)
+        return
     print_summary(result.summary, result.path, session.metrics)
     print_published(result.summary, published_for(options, preset), registry)
 

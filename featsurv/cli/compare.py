@@ -17,20 +17,37 @@ def _range(value: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _preset_recipe() -> str:
+    """The default preset's [compare] reference, for the help of -p."""
+    from ..defaults import _params_text
+    from ..presets import get_preset
+
+    try:
+        preset = get_preset(None)
+    except FeatsurvError:
+        return ""
+    spec = preset.compare or {}
+    return f", e.g. {preset.name}: {spec['a']} {_params_text(spec.get('a_params') or {})}" if spec.get("a") else ""
+
+
 @click.command(name="compare")
 @click.argument("a")
 @click.argument("b")
 @click.option("-p", "--param", "a_params", multiple=True, metavar="KEY=VALUE",
-              help="Parameter of A (the reference), e.g. -p bits=6.")
+              help="Parameter of A (the reference), e.g. -p bits=6. [default: A's own compare default (`featsurv "
+                   f"plugins`); a preset's [compare] recipe when it names A{_preset_recipe()}]")
 @click.option("--param-b", "b_params", multiple=True, metavar="KEY=VALUE",
-              help="Fixed parameter of B (the knob is searched).")
-@click.option("--knob", default=None, help="B's parameter to search (default: the one B declares).")
-@click.option("--range", "search_range", default=None, metavar="LO,HI", help="Search range of the knob.")
-@click.option("--steps", type=int, default=None, help="Bisection step budget, 1 or more (default 8).")
-@click.option("--rtol", type=float, default=None, help="Stop when the matched value is within this relative gap (default 0.005).")
+              help="Fixed parameter of B (the knob is searched). [default: B's declared defaults]")
+@click.option("--knob", default=None, help="B's parameter to search. [default: the one B declares]")
+@click.option("--range", "search_range", default=None, metavar="LO,HI",
+              help="Search range of the knob. [default: the range B declares, or the preset's]")
+@click.option("--steps", type=int, default=None,
+              help="Bisection step budget, 1 or more. [default: 8, or the preset's]")
+@click.option("--rtol", type=float, default=None,
+              help="Stop when the matched value is within this relative gap. [default: 0.005, or the preset's]")
 @click.option("--search-tokens", type=int, default=None,
               help="Bisect on the first N audit tokens (target measured on the same subset), then measure the "
-                   "chosen setting on all tokens (default: all tokens).")
+                   "chosen setting on all tokens. [default: all tokens, or the preset's]")
 @audit_options
 def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, ...], knob: str | None,
                 search_range: str | None, steps: int | None, rtol: float | None, search_tokens: int | None,
@@ -46,7 +63,7 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
     from ..defaults import compare_setup
     from ..params import parse_assignments
     from ..plugins import get_registry
-    from .table import print_published, print_summary
+    from .table import print_json, print_published, print_summary
 
     registry = get_registry()
     options, preset = build_options(kwargs)
@@ -62,6 +79,9 @@ def compare_cmd(a: str, b: str, a_params: tuple[str, ...], b_params: tuple[str, 
                              **setup.run_kwargs())
     finally:
         progress.close()
+    if kwargs["as_json"]:
+        print_json(result)
+        return
     print_summary(result.summary, result.path, session.metrics)
     print_published(result.summary, published_for(options, preset), registry)
 
