@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import platform
+import uuid
 from typing import Any, Sequence
 
 from .audit import AuditSession
 from .configuration import Outcome
 from .results import RunResult
+from .schema import PARAM_DTYPES, PARAM_PREFIX, SCHEMA_VERSION
 
 VERSIONED = ("featsurv", "torch", "transformers", "sae-lens", "numpy", "scipy", "scikit-learn", "lightgbm")
 
@@ -18,16 +20,31 @@ def summary_entries(session: AuditSession, outcome: Outcome) -> list[dict[str, A
     return [session.metrics.entry({**base, "hook": hook}, outcome, hook, session.baseline) for hook in hooks]
 
 
-def feature_frame(session: AuditSession, outcome: Outcome) -> Any:
+def param_columns(compressor: Any, params: dict[str, Any], n: int) -> dict[str, Any]:
+    """``params`` (JSON) and one ``param.NAME`` column per declared parameter, ``n`` rows each."""
+    import json
+
+    import pandas as pd
+
+    cols: dict[str, Any] = {"params": [json.dumps(params, default=str)] * n}
+    for p in compressor.params:
+        cols[PARAM_PREFIX + p.name] = pd.Series([params.get(p.name)] * n, dtype=PARAM_DTYPES.get(p.type))
+    return cols
+
+
+def feature_frame(session: AuditSession, outcome: Outcome, run_id: str | None = None) -> Any:
     """features.parquet rows of one configuration: one per (hook point, feature)."""
     import numpy as np
     import pandas as pd
 
     frames = []
+    compressor = session.compressor(outcome.compressor)
     for hook, by_metric in outcome.features.items():
         state = session.hooks[hook]
-        cols: dict[str, Any] = {"config": outcome.label, "compressor": outcome.compressor, "hook": hook,
-                                "feature": np.arange(state.sae.d_sae, dtype=np.int32)}
+        n = state.sae.d_sae
+        cols: dict[str, Any] = {"run_id": [run_id] * n, "config": outcome.label, "compressor": outcome.compressor,
+                                **param_columns(compressor, outcome.params, n), "hook": hook,
+                                "feature": np.arange(n, dtype=np.int32)}
         for name, res in by_metric.items():
             cols.update(session.metrics.feature_columns(name, res.per_feature))
         cols.update(state.fp_stats)
@@ -36,7 +53,14 @@ def feature_frame(session: AuditSession, outcome: Outcome) -> Any:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def metric_tables(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+def ordered(features: Any) -> Any:
+    """Identity columns first (every compressor's ``param.NAME`` together), then the measurements."""
+    lead = [c for c in ("run_id", "config", "compressor", "params") if c in features.columns]
+    params = [c for c in features.columns if c.startswith(PARAM_PREFIX)]
+    return features[lead + params + [c for c in features.columns if c not in lead and c not in params]]
+
+
+def metric_tables(outcomes: Sequence[Outcome], run_id: str | None = None) -> dict[str, Any]:
     """Every metric's extra tables, concatenated over configurations and hook points."""
     import pandas as pd
 
@@ -45,7 +69,7 @@ def metric_tables(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         for hook, by_metric in out.features.items():
             for res in by_metric.values():
                 for name, table in res.tables.items():
-                    parts.setdefault(name, []).append(table.assign(config=out.label, hook=hook))
+                    parts.setdefault(name, []).append(table.assign(run_id=run_id, config=out.label, hook=hook))
     return {f"{name}.parquet": pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
 
 
@@ -66,6 +90,7 @@ def run_record(session: AuditSession, command: str, extra: dict[str, Any] | None
     import torch
 
     return {
+        "schema_version": SCHEMA_VERSION, "run_id": str(uuid.uuid4()),
         "command": command, "options": session.options.record(), "metric_options": session.metrics.record(),
         "derived": session.derived, "seed": session.options.seed, "device": session.derived.get("device"),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
@@ -82,18 +107,19 @@ def assemble(session: AuditSession, outcomes: Sequence[Outcome], command: str,
     """The in-memory result of a run (summary, per-feature table, run record, extra tables)."""
     import pandas as pd
 
+    configs = [{"label": o.label, "compressor": o.compressor, "params": o.params, "seconds": o.seconds}
+               for o in outcomes]
+    run = run_record(session, command, {"configurations": configs, **(extra_run or {})})
     summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "run_id": run["run_id"],
         "baseline": session.baseline,
         "metric_options": session.metrics.record(),
         "results": [e for out in outcomes for e in summary_entries(session, out)],
     }
     if comparisons is not None:
         summary["comparisons"] = comparisons
-    frames = [feature_frame(session, out) for out in outcomes if out.features]
-    features = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    configs = [{"label": o.label, "compressor": o.compressor, "params": o.params, "seconds": o.seconds}
-               for o in outcomes]
-    run = run_record(session, command, {"configurations": configs, **(extra_run or {})})
+    frames = [feature_frame(session, out, run["run_id"]) for out in outcomes if out.features]
+    features = ordered(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
     result = RunResult(run, summary, features)
-    result.extra["tables"] = metric_tables(outcomes)
+    result.extra["tables"] = metric_tables(outcomes, run["run_id"])
     return result

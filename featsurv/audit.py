@@ -67,6 +67,7 @@ class AuditSession:
         compressor = self.compressor(name)
         if compressor.needs_calibration_for(params) and compressor.name not in self.calibrated:
             self.calibrate(compressor)
+        self.progress.configuration(label or compressor.label(params))
         return run_configuration(self.bench, self.metrics, compressor, params, features, tokens, groups, label)
 
     def calibrate(self, compressor: Any) -> None:

@@ -114,11 +114,13 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
-             trust_remote_code: bool = False) -> LoadedModel:
+             trust_remote_code: bool = False, **kwargs: Any) -> LoadedModel:
         """Load model and tokenizer from a hub id or a local directory.
 
-        An adapter that can refuse pickle weights also takes ``require_safetensors: bool = False``;
-        featsurv passes it only when the user asks (``--require-safetensors``).
+        Newer keywords are passed only when the user set them and only to a ``load`` that accepts
+        them (by name or ``**kwargs``); an adapter written without them keeps working, and refuses
+        the option with a clear error: ``require_safetensors: bool`` (``--require-safetensors``:
+        refuse pickle weights), ``revision: str`` (``--revision``: a hub branch, tag or commit).
         """
 
     @abstractmethod

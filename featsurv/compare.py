@@ -131,10 +131,13 @@ def run_compare(options: AuditOptions, a: tuple[str, dict[str, Any]], b: tuple[s
     search = plan_search(session, b, knob, knob_range, steps, rtol, search_tokens)
     if out_dir not in (None, False):
         check_out_dir(out_dir)  # refuse a bad --out before any work
+    # A, at most `steps` bisection steps (and A on the search subset), then B: ETA is an upper bound
+    session.progress.plan(2 + (search.steps + bool(search.search_tokens) if search.knob else 0))
     session.prepare(needs_calibration(session, [a, b]))
     session.progress(f"reference {session.compressor(a[0]).label(a[1])}")
     out_a = session.run(*a)
     matched, path, target = match(session, a, b, search, out_a.target)
+    session.progress.plan(session.progress.meter.current + 1)  # the search is over: B remains
     out_b = session.run(b[0], matched)
     comparisons = []
     for hook in session.hooks:

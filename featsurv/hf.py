@@ -133,17 +133,19 @@ class HFDecoderAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ loading
     def load(self, source: str, *, dtype: str = "float32", device: str = "cpu",
-             trust_remote_code: bool = False, require_safetensors: bool = False) -> LoadedModel:
+             trust_remote_code: bool = False, require_safetensors: bool = False,
+             revision: str | None = None, **kwargs: Any) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # featsurv reports its own progress
         tdtype = torch_dtype(dtype)
+        hub = {"revision": revision} if revision else {}
         kwargs = {"use_safetensors": True} if require_safetensors else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=tdtype, trust_remote_code=trust_remote_code, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+                source, dtype=tdtype, trust_remote_code=trust_remote_code, **hub, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
         except Exception as exc:  # a damaged weights file raises SafetensorError, UnpicklingError, ...
             raise model_load_error(source, exc, require_safetensors) from None
         if weights_format(source) == "pickle":

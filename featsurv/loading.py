@@ -22,13 +22,31 @@ def pick_adapter(registry: Registry, config: Any, adapter: str | None) -> Any:
         hint="Pass --adapter NAME, or write an adapter plugin (docs/plugins/adapters.md)")
 
 
+def load_keywords(adapter: Any, **optional: Any) -> dict[str, Any]:
+    """The optional keywords set (not None) that ``adapter.load`` accepts; one it does not accept is
+    a FeatsurvError (adapters written before a keyword existed keep working without it)."""
+    import inspect
+
+    given = {k: v for k, v in optional.items() if v is not None}
+    params = inspect.signature(adapter.load).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return given
+    refused = sorted(set(given) - set(params))
+    if refused:
+        raise FeatsurvError(f"Model adapter {adapter.name!r} does not take {', '.join(refused)} "
+                            f"(--{refused[0].replace('_', '-')})",
+                            hint=f"Drop the option, or add {refused[0]}=None (or **kwargs) to the adapter's load()")
+    return given
+
+
 def load_model(registry: Registry, source: str, *, adapter: str | None = None, dtype: str = "float32",
                device: str = "cpu", trust_remote_code: bool = False, require_safetensors: bool = False,
-               adapter_options: dict[str, Any] | None = None) -> LoadedModel:
+               adapter_options: dict[str, Any] | None = None, revision: str | None = None) -> LoadedModel:
     """Load a model through the adapter that matches its config (or the one named), configured
     with ``adapter_options`` (validated against the adapter's declared options).
 
-    ``require_safetensors`` refuses pickle weights (passed to adapters only when set).
+    ``require_safetensors`` refuses pickle weights; ``revision``: a hub branch, tag or commit. Both
+    are passed to the adapter's ``load`` only when set (:func:`load_keywords`).
     """
     from transformers import AutoConfig
 
@@ -36,20 +54,12 @@ def load_model(registry: Registry, source: str, *, adapter: str | None = None, d
 
     path = resolve(source)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                            **({"revision": revision} if revision else {}))
     except (OSError, ValueError) as exc:
         raise model_load_error(source, exc) from None
     chosen = pick_adapter(registry, config, adapter).configure(dict(adapter_options or {}))
-    extra: dict[str, Any] = {}
-    if require_safetensors:
-        import inspect
-
-        params = inspect.signature(chosen.load).parameters
-        if "require_safetensors" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            raise FeatsurvError(f"Model adapter {chosen.name!r} cannot enforce --require-safetensors "
-                                "(its load() has no require_safetensors parameter)",
-                                hint="Drop --require-safetensors, or use an adapter based on featsurv.hf.HFDecoderAdapter")
-        extra["require_safetensors"] = True
+    extra = load_keywords(chosen, require_safetensors=True if require_safetensors else None, revision=revision)
     loaded = chosen.load(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **extra)
     try:
         # resolve everything the audit will need now, so a mismatch fails before any work

@@ -66,6 +66,11 @@ def _device(v: Any) -> str | None:
     return None if ok else "auto, cpu, cuda, cuda:N or mps"
 
 
+def _revision(v: Any) -> str | None:
+    ok = isinstance(v, str) and v.strip() != "" and not any(c.isspace() for c in v)
+    return None if ok else "a hub branch, tag or commit hash (no spaces)"
+
+
 def _names(v: Any) -> str | None:
     ok = isinstance(v, list) and all(isinstance(s, str) and s for s in v)
     return None if ok else "a list of non-empty names"
@@ -83,6 +88,7 @@ class AuditOptions:
     """Everything that defines an audit besides its configurations."""
 
     model: str
+    revision: str | None = rule(_optional(_revision))
     saes: list[str] = rule(_names, factory=list)
     hooks: list[str] | None = rule(_optional(_names))
     adapter: str | None = None

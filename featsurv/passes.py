@@ -41,6 +41,7 @@ def run_pass(bench: Workbench, tokens: Any, hooks: Iterable[str], model_accs: di
     loaded, o = bench.loaded, bench.options
     hooks = list(dict.fromkeys(hooks))
     n = tokens.n_batches(o.batch_size)
+    bench.progress.step(label, 0, n)  # the pass begins
     with torch.no_grad(), capture(loaded.adapter, loaded.model, [*hooks, *extra_hooks]) as acts:
         for i, (ids, keep) in enumerate(tokens.batches(o.batch_size), 1):
             logits = loaded.adapter.forward(loaded.model, ids.to(bench.device))

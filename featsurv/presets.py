@@ -15,7 +15,7 @@ from .errors import FeatsurvError
 
 #: top-level keys a preset may set, and the AuditOptions field each fills
 OPTION_KEYS = {
-    "model": "model", "adapter": "adapter", "dtype": "dtype", "saes": "saes", "hooks": "hooks",
+    "model": "model", "revision": "revision", "adapter": "adapter", "dtype": "dtype", "saes": "saes", "hooks": "hooks",
     "dataset": "dataset", "tokens": "n_tokens", "context": "context", "prepend_bos": "prepend_bos",
     "exclude_special": "exclude_special", "join": "join", "batch_size": "batch_size", "scope": "scope",
     "min_explained_variance": "min_explained_variance", "center_activations": "center_activations",

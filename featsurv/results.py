@@ -7,7 +7,8 @@ Layout (SPEC section 6):
 - ``features.parquet``: one row per (configuration, hook, feature);
 - ``report.html`` and its PNG figures (rendered by the caller's ``render`` callback);
 - extra files a metric produced (``RunResult.files``);
-- ``manifest.json``, written last: every other file's size and SHA-256 (see manifest.py).
+- ``manifest.json``, written last: every other file's size and SHA-256 (see manifest.py);
+- every file's columns and keys, and the schema version (``featsurv.schema``): docs/results.md.
 
 Everything is built in a hidden temporary folder beside the target, and put in place in one
 step (outdir.py); the folder is reserved by a lock for as long as a process uses it. Readers
@@ -185,8 +186,14 @@ def _write_data(tmp: Path, result: "RunResult") -> None:
 
     (tmp / RUN_FILE).write_text(dumps(result.run), encoding="utf-8")
     (tmp / SUMMARY_FILE).write_text(dumps(result.summary), encoding="utf-8")
+    from .schema import parquet_metadata
+
     features = result.features if result.features is not None else pd.DataFrame()
-    pq.write_table(pa.Table.from_pandas(features, preserve_index=False), tmp / FEATURES_FILE)
+    table = pa.Table.from_pandas(features, preserve_index=False)
+    meta = parquet_metadata(result.summary, result.run)  # schema_version and run id (docs/results.md)
+    if meta:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    pq.write_table(table, tmp / FEATURES_FILE)
 
 
 def _write_files(tmp: Path, files: dict[str, Any]) -> list[str]:
@@ -352,7 +359,12 @@ def load_run(path: str | Path, *, features: bool = True) -> "RunResult":
             pq.read_metadata(p / FEATURES_FILE)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise FeatsurvError(f"Cannot read {where!r}: {type(exc).__name__}: {str(exc)[:160]}", hint=_RERUN) from None
-    return RunResult(run, summary, table, p, manifest=man)
+    from .schema import check_run, migrate
+
+    version = check_run(p, summary, p / FEATURES_FILE)  # another schema: migrated in memory, or refused
+    result = RunResult(run, summary, migrate(version, summary, table), p, manifest=man)
+    result.extra["schema_version"] = version
+    return result
 
 
 @dataclass

@@ -44,6 +44,7 @@ def run_audit(options: AuditOptions, configurations: Sequence[Configuration], *,
     session = session or AuditSession(options)
     if out_dir not in (None, False):
         check_out_dir(out_dir)  # refuse a bad --out before any work
+    session.progress.plan(len(configurations))
     session.prepare(needs_calibration(session, configurations))
     outcomes = [session.run(name, params) for name, params in configurations]
     result = assemble(session, outcomes, command)

@@ -140,7 +140,7 @@ def load_workbench(options: AuditOptions, registry: Registry, progress: Progress
     bench.loaded = load_model(registry, options.model, adapter=options.adapter, dtype=options.dtype,
                               device=bench.device, trust_remote_code=options.trust_remote_code,
                               require_safetensors=options.require_safetensors,
-                              adapter_options=options.adapter_options)
+                              adapter_options=options.adapter_options, revision=options.revision)
     bench.loaded.adapter.compressible_weights(bench.loaded.model, options.scope)  # a scope it cannot take fails now
     pair_saes(bench, saes)
     calib = options.calibration_tokens or (DEFAULT_CALIBRATION_TOKENS if needs_calibration else 0)

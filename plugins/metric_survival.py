@@ -47,7 +47,7 @@ class SurvivalAccumulator(FeatureAccumulator):
         opts = self.options
         r = self.pearson.r()
         active = fp_stats["firing_rate"] > opts["min_firing_rate"]
-        band = bands(r, opts["survived_above"], opts["damaged_below"])
+        band = np.where(active, bands(r, opts["survived_above"], opts["damaged_below"]), None)  # inactive: no band
         silenced = self.pearson.constant_y()
         n_active = int(active.sum())
         ra = r[active]

@@ -120,6 +120,16 @@ def _cell(c: str, v: Any) -> Any:
     return H.num(v, ".4f" if c == "r" else ".4g")
 
 
+def varies(values: Any, rtol: float = 1e-6) -> bool:
+    """Whether a column holds at least two finite values that differ by more than float noise (a
+    weight statistic that is the same for every feature, e.g. unit-norm decoder rows, tells nothing)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return v.size > 1 and float(v.max() - v.min()) > rtol * max(1.0, float(np.abs(v).max()))
+
+
 def worst_features(run: Any, entries: list[dict[str, Any]], top: int) -> ReportSection | None:
     from featsurv.report import html as H
 
@@ -130,7 +140,7 @@ def worst_features(run: Any, entries: list[dict[str, Any]], top: int) -> ReportS
             continue
         worst = rows.sort_values(["r", "feature"], kind="mergesort").head(top)
         cols = [c for c in ("feature", "r", "band", "silenced", "firing_rate", "mean_act", "peak_act") if c in worst.columns]
-        cols += [c for c in OPTIONAL_STATS if c in worst.columns and worst[c].notna().any() and worst[c].nunique() > 1]
+        cols += [c for c in OPTIONAL_STATS if c in rows.columns and varies(rows[c])]
         body = [[_cell(c, rec[c]) for c in cols] for rec in worst[cols].to_dict("records")]
         flag = ' <span class="flag">⚠ perplexity misses damage</span>' if e["misses"] else ""
         parts += [f"<h3>{H.esc(e['name'])}{flag}</h3>", H.table(cols, body, left=(2,))]

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import click
 
-from .common import add_metric_options, audit_options, build_options, parse_configurations, progress_for
+from .common import add_metric_options, audit_options, build_options, progress_for
 
 
 def one_configuration(registry, compressor: str, params: tuple[str, ...]) -> dict:
     """The single configuration of ``-p`` (default: the compressor's compare default, e.g. rtn bits=6)."""
     from ..errors import FeatsurvError
 
+    from ..defaults import as_raw, audit_configurations
+    from ..params import parse_assignments
+
     comp = registry.get("compressors", compressor)
-    defaults = {k: v for k, v in (comp.compare_default or {}).items()} if not params else None
-    configurations = parse_configurations(registry, compressor, params, defaults)
+    raw = parse_assignments(params) if params else as_raw(comp.compare_default)
+    configurations, _ = audit_configurations(registry, compressor, raw)
     if len(configurations) != 1:
         raise FeatsurvError(f"attribute takes one configuration, not a sweep of {len(configurations)}",
                             hint="Give each -p key one value, e.g. -p bits=4")

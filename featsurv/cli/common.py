@@ -11,45 +11,60 @@ import click
 
 from ..errors import FeatsurvError
 
-def opt(decls: list[str], **attrs: Any) -> tuple[list[str], dict[str, Any]]:
+def opt(decls: list[str], shown: str, **attrs: Any) -> tuple[list[str], dict[str, Any]]:
+    """A host option; ``shown`` is its default as help shows it (the preset's value is added)."""
+    attrs["help"] = attrs["help"].rstrip() + f" [default: {shown}]"
     return decls, attrs
 
 
 HOST_OPTIONS: list[tuple[list[str], dict[str, Any]]] = [
-    opt(["--preset"], default=None, help="Named preset (see `featsurv presets`); default: the embedded model."),
-    opt(["--model"], default=None, help="Hub id or local directory of a Hugging Face causal LM."),
-    opt(["--adapter"], default=None, help="Model adapter to use (default: chosen from the model's config)."),
-    opt(["--adapter-option", "adapter_option_items"], multiple=True, metavar="KEY=VALUE",
-        help="Option of the model adapter (repeat; `featsurv plugins` lists them), e.g. fold_ln=false."),
-    opt(["--sae", "saes"], multiple=True, help="SAE: sae-lens directory or RELEASE:SAE_ID. Repeat for several hook points."),
-    opt(["--hook", "hooks"], multiple=True, help="Hook point of each --sae (default: the SAE's metadata)."),
-    opt(["--dataset"], default=None, help="file.txt, file.jsonl, hf:NAME[:CONFIG[:SPLIT]] or featsurv:heldout (default)."),
-    opt(["--tokens", "n_tokens"], type=int, default=None, help="Token budget (contexts x context length; default 32768)."),
-    opt(["--context"], type=int, default=None, help="Context length (default: the SAE's context_size, else 128)."),
-    opt(["--bos/--no-bos", "prepend_bos"], default=None, help="Prepend BOS to each context (default: the SAE's metadata)."),
-    opt(["--center-activations/--no-center-activations"], default=None,
-                 help="Subtract each token's mean across d_model before encoding (TransformerLens's "
-                      "center_writing_weights convention; default off)."),
-    opt(["--keep-special"], is_flag=True, default=None, help="Use positions holding special tokens too."),
-    opt(["--join"], type=click.Choice(["eos", "text"]), default=None, help="Join documents with EOS (default), or as one text with blank lines."),
-    opt(["--batch-size"], type=int, default=None, help="Contexts per forward pass (default 8)."),
-    opt(["--dtype"], type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Model dtype (default float32)."),
-    opt(["--device"], default=None, help="auto, cpu (default), cuda, cuda:N or mps; auto picks cuda, then mps, then cpu."),
-    opt(["--seed"], type=int, default=None, help="Random seed, 0 to 2^32-1 (default 0)."),
-    opt(["--scope"], default=None, help="Weights to compress: comma list of attn, mlp, embed, lm_head (default attn,mlp)."),
-    opt(["--min-explained-variance"], type=float, default=None, help="Fit check threshold (default 0.5; 0 or less disables the fit check)."),
-    opt(["--fit-margin"], type=float, default=None, help="Fit check: stop when the SAE fits a neighbouring hook point within this of its own (default 0.01)."),
-    opt(["--calibration-tokens"], type=int, default=None, help="Tokens after the audit tokens set aside for data-aware compressors (default 8192 when one needs them)."),
-    opt(["--metric", "metrics"], multiple=True, help="Also run this metric plugin."),
-    opt(["--metric-option", "metric_option_items"], multiple=True, metavar="METRIC.KEY=VALUE",
-                 help="A metric's option (see `featsurv plugins`), e.g. predictor.folds=10."),
-    opt(["--trust-remote-code"], is_flag=True, default=None, help="Allow the model repo's own code (off by default)."),
-    opt(["--require-safetensors"], is_flag=True, default=None, help="Refuse a model whose weights are only in a pickle file."),
-    opt(["--out", "out_dir"], type=click.Path(file_okay=False), default=None, help="Result directory (default featsurv-runs/TIME-KIND)."),
-    opt(["-q", "--quiet"], is_flag=True, help="No progress on stderr."),
+    opt(["--preset"], "featsurv-tiny, the embedded model, when --model is not given", default=None,
+        help="Named preset (see `featsurv presets`): model, SAEs, dataset, tokens and recipe."),
+    opt(["--model"], "the preset's", default=None, help="Hub id or local directory of a Hugging Face causal LM."),
+    opt(["--revision"], "the hub's default branch", default=None,
+        help="Branch, tag or commit of a hub model (ignored for a local directory)."),
+    opt(["--adapter"], "chosen from the model's config", default=None, help="Model adapter to use."),
+    opt(["--adapter-option", "adapter_option_items"], "each option's own (`featsurv plugins` lists them)",
+        multiple=True, metavar="KEY=VALUE", help="Option of the model adapter (repeat), e.g. fold_ln=false."),
+    opt(["--sae", "saes"], "the preset's", multiple=True,
+        help="SAE: sae-lens directory or RELEASE:SAE_ID. Repeat for several hook points."),
+    opt(["--hook", "hooks"], "the SAE's metadata", multiple=True, help="Hook point of each --sae."),
+    opt(["--dataset"], "featsurv:heldout", default=None, help="file.txt, file.jsonl, hf:NAME[:CONFIG[:SPLIT]] or featsurv:heldout."),
+    opt(["--tokens", "n_tokens"], "32768", type=int, default=None, help="Token budget (contexts x context length)."),
+    opt(["--context"], "the SAE's context_size, else 128", type=int, default=None, help="Context length in tokens."),
+    opt(["--bos/--no-bos", "prepend_bos"], "the SAE's metadata, else on", default=None, help="Prepend BOS to each context."),
+    opt(["--center-activations/--no-center-activations"], "off", default=None,
+        help="Subtract each token's mean across d_model before encoding (TransformerLens's "
+             "center_writing_weights convention)."),
+    opt(["--keep-special"], "off: special tokens are left out", is_flag=True, default=None,
+        help="Use positions holding special tokens too."),
+    opt(["--join"], "eos", type=click.Choice(["eos", "text"]), default=None,
+        help="Join documents with EOS, or as one text with blank lines."),
+    opt(["--batch-size"], "8", type=int, default=None, help="Contexts per forward pass."),
+    opt(["--dtype"], "float32", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Model dtype."),
+    opt(["--device"], "cpu", default=None, help="auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu."),
+    opt(["--seed"], "0", type=int, default=None, help="Random seed, 0 to 2^32-1."),
+    opt(["--scope"], "attn,mlp", default=None, help="Weights to compress: comma list of attn, mlp, embed, lm_head."),
+    opt(["--min-explained-variance"], "0.5", type=float, default=None,
+        help="Fit check threshold (0 or less disables the fit check)."),
+    opt(["--fit-margin"], "0.01", type=float, default=None,
+        help="Fit check: stop when the SAE fits a neighbouring hook point within this of its own."),
+    opt(["--calibration-tokens"], "8192 when a compressor needs them, else 0", type=int, default=None,
+        help="Tokens after the audit tokens set aside for data-aware compressors."),
+    opt(["--metric", "metrics"], "the default metrics only", multiple=True, help="Also run this metric plugin."),
+    opt(["--metric-option", "metric_option_items"], "each option's own (see `featsurv plugins`)", multiple=True,
+        metavar="METRIC.KEY=VALUE", help="A metric's option, e.g. predictor.folds=10."),
+    opt(["--trust-remote-code"], "off", is_flag=True, default=None, help="Allow the model repo's own code."),
+    opt(["--require-safetensors"], "off", is_flag=True, default=None,
+        help="Refuse a model whose weights are only in a pickle file."),
+    opt(["--out", "out_dir"], "featsurv-runs/TIME-KIND", type=click.Path(file_okay=False), default=None,
+        help="Result directory."),
+    opt(["--json", "as_json"], "off: a table", is_flag=True,
+        help="Print one JSON document on stdout (path, run id, summary) instead of the table; progress stays on stderr."),
+    opt(["-q", "--quiet"], "off", is_flag=True, help="No progress on stderr."),
 ]
 #: keys of the options above that are not AuditOptions fields
-CLI_ONLY = {"preset", "out_dir", "quiet", "keep_special", "metric_option_items", "adapter_option_items"}
+CLI_ONLY = {"preset", "out_dir", "quiet", "keep_special", "metric_option_items", "adapter_option_items", "as_json"}
 
 
 def _metric_options(registry: Any) -> list[click.Option]:
@@ -57,20 +72,48 @@ def _metric_options(registry: Any) -> list[click.Option]:
     for metric in registry.all("metrics"):
         if metric.enable_flag:
             out.append(click.Option([f"--{metric.enable_flag}", f"enable__{metric.name}"], is_flag=True, default=False,
-                                    help=f"Also run the {metric.name} metric: {metric.description}."))
+                                    help=f"Also run the {metric.name} metric: {metric.description}. [default: off]"))
         for p in metric.options:
             if p.flag:
                 kind = {int: int, float: float, str: str, bool: bool}.get(p.type, str)
                 choices = click.Choice(list(p.choices)) if p.choices else kind
                 out.append(click.Option([f"--{p.flag}", f"mopt__{metric.name}__{p.name}"], type=choices, default=None,
-                                        help=f"{p.help[:1].upper()}{p.help[1:]} (metric {metric.name}; default {p.default})."))
+                                        help=f"{p.help[:1].upper()}{p.help[1:]} (metric {metric.name}). "
+                                             f"[default: {p.default}]"))
     return out
+
+
+def _default_preset_values() -> tuple[str, dict[str, Any]]:
+    """(name, option values) of the default preset, for help texts; nothing when none loads."""
+    from ..presets import get_preset
+
+    try:
+        preset = get_preset(None)
+    except FeatsurvError:
+        return "", {}
+    return preset.name, dict(preset.options)
+
+
+def with_preset_default(decls: list[str], attrs: dict[str, Any], preset: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """Help that also names the default preset's value where it differs from the option's own default."""
+    from ..defaults import PAIRING, _show
+
+    name, values = preset
+    dest = click.Option(decls, **attrs).name
+    if dest in PAIRING or dest not in values:
+        return attrs
+    shown = _show(values[dest])
+    head, sep, tail = attrs["help"].rpartition(" [default: ")
+    if not sep or tail.rstrip("]") == shown:
+        return attrs
+    return {**attrs, "help": f"{head} [default: {tail.rstrip(']')}; with the {name} preset: {shown}]"}
 
 
 def audit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command the host options (metric flags are added by :func:`add_metric_options`)."""
+    preset = _default_preset_values()
     for decls, attrs in reversed(HOST_OPTIONS):
-        func = click.option(*decls, **attrs)(func)
+        func = click.option(*decls, **with_preset_default(decls, attrs, preset))(func)
     return func
 
 
@@ -112,44 +155,30 @@ def split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
             host[key] = list(value) if isinstance(value, tuple) else value
     if kwargs.get("keep_special"):
         host["exclude_special"] = False
+    adapter_opts = _adapter_options(kwargs.get("adapter_option_items") or ())
+    if adapter_opts:  # over the preset's adapter options, one by one (featsurv.defaults)
+        host["adapter_options"] = adapter_opts
     return host, metric_opts, enabled
 
 
 def build_options(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """AuditOptions from CLI values over the preset's values; returns (options, preset or None)."""
-    from ..data_paths import resolve
-    from ..options import OptionError, make_options
-    from ..presets import get_preset
+    from ..defaults import resolve_options
+    from ..options import OptionError
 
     given, metric_opts, enabled = split_kwargs(kwargs)
-    preset = get_preset(kwargs.get("preset")) if kwargs.get("preset") or "model" not in given else None
-    values: dict[str, Any] = dict(preset.options) if preset else {}
-    if preset and "model" in given and "saes" not in given:
-        raise FeatsurvError("--model was given without --sae", hint="Pass --sae for the model, or drop --model to use the preset")
-    if "saes" in given and "hooks" not in given:
-        values.pop("hooks", None)  # the preset's hooks belong to the preset's SAEs
-    if "adapter" in given and given["adapter"] != values.get("adapter"):
-        values.pop("adapter_options", None)  # the preset's options belong to the preset's adapter
-    adapter_opts = _adapter_options(kwargs.get("adapter_option_items") or ())
-    if adapter_opts:  # given options override the preset's one by one
-        values["adapter_options"] = {**values.get("adapter_options", {}), **adapter_opts}
-    merged = {m: dict(o) for m, o in (values.pop("metric_options", None) or {}).items()}
-    for metric, opts in metric_opts.items():
-        merged.setdefault(metric, {}).update(opts)
-    values.update(given)
-    values["metrics"] = list(dict.fromkeys([*values.get("metrics", []), *enabled]))
-    values["saes"] = [resolve(s) for s in values.get("saes", [])]
-    if preset:
-        values["preset"] = preset.name
     try:
-        options = make_options(**values, metric_options=merged).validate()
-        from ..metric_set import parse_metric_options
-        from ..plugins import get_registry
-
-        parse_metric_options(get_registry(), merged)  # bad metric options fail here, before any work
+        return resolve_options(given, metric_opts, enabled, kwargs.get("preset"))
     except OptionError as exc:
         raise exc.shown_as(flag_of(exc.option)) from None
-    return options, preset
+
+
+def preset_notes(kwargs: dict[str, Any], preset: Any) -> list[str]:
+    """Lines naming each default the preset overrides, by its flag (for the progress output)."""
+    from ..defaults import option_notes
+
+    given, _, _ = split_kwargs(kwargs)
+    return option_notes(preset, given, flag_of)
 
 
 def _adapter_options(items: tuple[str, ...]) -> dict[str, str]:
@@ -185,16 +214,10 @@ def progress_for(quiet: bool) -> Any:
 
 
 def parse_configurations(registry: Any, compressor: str, params: tuple[str, ...],
-                         preset_params: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """Validate `-p` values against the compressor's declared parameters and expand sweeps."""
-    from ..params import expand_grid, parse_assignments
+                         preset: Any = None) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """Validate `-p` values against the compressor's declared parameters and expand sweeps
+    (the preset's recipe when no -p is given); returns (configurations, notes)."""
+    from ..defaults import audit_configurations
+    from ..params import parse_assignments
 
-    comp = registry.get("compressors", compressor)
-    raw = parse_assignments(params)
-    if not raw and preset_params:
-        raw = {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in preset_params.items()}
-    configurations = [(compressor, cfg) for cfg in expand_grid(comp.params, raw, compressor)]
-    if not configurations:
-        raise FeatsurvError(f"The -p values {' '.join(params)!r} give no configuration to run",
-                            hint="Give each -p key at least one value, e.g. -p bits=8,6")
-    return configurations
+    return audit_configurations(registry, compressor, parse_assignments(params), preset)

@@ -26,6 +26,12 @@ details { margin: 0.4em 0 1em; } summary { cursor: pointer; font-weight: 600; }
 pre { background: #f7f7f9; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #555; font-size: 0.9em; }
 .wide { overflow-x: auto; max-width: 100%; }
+.ci { display: block; color: #666; font-size: 0.8em; }
+.results td:first-child { white-space: normal; min-width: 8em; max-width: 16em; }
+.results td:last-child { white-space: normal; min-width: 8em; max-width: 12em; }
+.wrapcells th, .wrapcells td { white-space: normal; max-width: 16em; }
+.facts td { white-space: normal; overflow-wrap: anywhere; }
+details td { white-space: normal; }
 """
 
 

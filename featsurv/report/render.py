@@ -34,6 +34,14 @@ def cell(value: Any, fmt: str, ci: Any = None) -> str:
     return text
 
 
+def cell_html(value: Any, fmt: str, ci: Any = None) -> H.Raw:
+    """A cell with its interval on a second, smaller line (so intervals do not widen the table)."""
+    text = cell(value, fmt)
+    if ci and len(ci) == 2 and all(_num(v) is not None for v in ci):
+        return H.Raw(f'{H.esc(text)}<span class="ci">[{ci[0]:.1%}, {ci[1]:.1%}]</span>')
+    return H.Raw(H.esc(text))
+
+
 def _run_facts(run: dict[str, Any], limit: int = 40) -> list[tuple[str, str]]:
     """Scalar facts of run.json, flattened one level (``a.b``), at most ``limit``."""
     facts: list[tuple[str, str]] = []
@@ -49,25 +57,35 @@ def _run_facts(run: dict[str, Any], limit: int = 40) -> list[tuple[str, str]]:
 
 
 def results_table(summary: dict[str, Any], metrics: list[Any]) -> str:
+    """The metrics' columns per (configuration, hook point), then the flags; a hook point column
+    only when the run has several (else it is named above the table). Parameters in a details list."""
     entries = [e for e in (summary.get("results") or []) if isinstance(e, dict)]
     if not entries:
         return "<p>No results in this run.</p>"
-    hooks = {str(e.get("hook") or "") for e in entries}
+    hooks = list(dict.fromkeys(str(e.get("hook") or "") for e in entries))
+    several = len(hooks) > 1
     columns = [c for m in metrics for c in m.columns()]
     rows, classes = [], []
     for e in entries:
         flags = [f for m in metrics for f in m.row_flags(e)]
-        name = f"{e.get('label')} @ {e.get('hook')}" if len(hooks) > 1 and e.get("hook") else str(e.get("label"))
         ci = e.get("ci") if isinstance(e.get("ci"), dict) else {}
-        row = [name, e.get("compressor", ""), _params(e.get("params")), e.get("hook") or ""]
-        row += [cell(e.get(c.key), c.format, ci.get(c.key)) for c in columns]
+        row: list[Any] = [str(e.get("label")), *([e.get("hook") or ""] if several else [])]
+        row += [cell_html(e.get(c.key), c.format, ci.get(c.key)) for c in columns]
         row.append(H.Raw('<span class="flag">⚠ ' + H.esc("; ".join(flags).lower()) + "</span>") if flags else "")
         rows.append(row)
         classes.append("misses" if flags else "")
-    headers = ["configuration", "compressor", "params", "hook point", *[c.header for c in columns], "flags"]
+    headers = ["configuration", *(["hook point"] if several else []), *[c.header for c in columns], "flags"]
     has_ci = any(isinstance(e.get("ci"), dict) and e["ci"] for e in entries)
-    note = ('<p class="note">Brackets: bootstrap confidence intervals over blocks of contexts.</p>' if has_ci else "")
-    return '<div class="wide">' + H.table(headers, rows, left=(0, 1, 2, 3), row_classes=classes) + "</div>" + note
+    out = [] if several else [f'<p class="note">Hook point: {H.esc(hooks[0]) or "none"}</p>']
+    left = (0, 1, len(headers) - 1) if several else (0, len(headers) - 1)
+    out.append('<div class="wide results">' + H.table(headers, rows, left=left, row_classes=classes) + "</div>")
+    if has_ci:
+        out.append('<p class="note">Second line: bootstrap 95% confidence interval over blocks of contexts.</p>')
+    params = {str(e.get("label")): (e.get("compressor", ""), _params(e.get("params"))) for e in entries}
+    prow = [[label, comp, text] for label, (comp, text) in params.items()]
+    out.append('<details><summary>Parameters of each configuration</summary><div class="wide wrapcells">'
+               + H.table(["configuration", "compressor", "parameters"], prow, left=(0, 1, 2)) + "</div></details>")
+    return "\n".join(out)
 
 
 def comparisons_table(summary: dict[str, Any]) -> str:
@@ -75,10 +93,13 @@ def comparisons_table(summary: dict[str, Any]) -> str:
     if not comps:
         return ""
     label = comps[0].get("matched_on") or "target"
+    hooks = list(dict.fromkeys(str(c.get("hook") or "") for c in comps))
+    where = f" at {hooks[0]}" if len(hooks) == 1 and hooks[0] else ""
     rows = [[c.get("a", ""), c.get("b", ""), c.get("hook", ""), _params(c.get("matched_params")),
              H.num(c.get(f"{label}_a"), ".4g"), H.num(c.get(f"{label}_b"), ".4g")] for c in comps]
-    out = ["<h2>Comparisons at matched " + H.esc(label) + "</h2>",
-           H.table(["A", "B", "hook point", "B matched at", f"{label} A", f"{label} B"], rows, left=(0, 1, 2, 3))]
+    out = [f"<h2>Comparisons at matched {H.esc(label)}{H.esc(where)}</h2>",
+           '<div class="wide wrapcells">' + H.table(["A", "B", "hook point", "B matched at", f"{label} A",
+                                                     f"{label} B"], rows, left=(0, 1, 2, 3)) + "</div>"]
     path = comps[0].get("path") or []
     if path:
         prow = [[j, _params(s.get("params")), H.num(s.get(label), ".4g")] for j, s in enumerate(path, 1) if isinstance(s, dict)]
@@ -122,7 +143,8 @@ def write_report(result: Any, out_dir: str | Path | None = None, top_n: int = 10
     for i, s in enumerate(sections):
         if s.order >= 10:
             body += [f'<section id="s-{i}"><h2>{H.esc(s.title)}</h2>', s.html, "</section>"]
-    body += ["<h2>Run</h2>", H.table(["key", "value"], _run_facts(result.run or {}), left=(0, 1)),
+    body += ["<h2>Run</h2>", '<div class="facts">' + H.table(["key", "value"], _run_facts(result.run or {}),
+                                                              left=(0, 1)) + "</div>",
              "<details><summary>run.json</summary>" + H.pre_json(result.run or {}) + "</details>",
              "<details><summary>baseline</summary>" + H.pre_json(summary.get("baseline") or {}) + "</details>"]
     from .. import __version__
