@@ -149,7 +149,7 @@
     app.appendChild(el("h1", {text: "featsurv feature explorer"}));
     app.appendChild(el("p", {cls: "sub", text: nFeat + " active features · " + D.hooks.length + " hook point(s) · " +
       D.configs.length + " configuration(s)" + (D.run.n_tokens ? " · " + D.run.n_tokens + " audit tokens" : "") +
-      ". " + ctxNote}));
+      (D.run.run_id ? " · run " + D.run.run_id : "") + ". " + ctxNote}));
     var hookOpts = [["all", "all hooks"]].concat(D.hooks.map(function (h, i) { return [i, h]; }));
     var confOpts = [["all", "all configurations"]].concat(D.configs.map(function (c, i) { return [i, c]; }));
     var bandOpts = [["all", "all bands"]].concat(BANDS.map(function (b, i) { return [i, b]; }));

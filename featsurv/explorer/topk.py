@@ -57,19 +57,7 @@ class StreamingTopK:
             return
         values = values.detach()
         on_cpu = values.device.type == "cpu" and NUMPY_ON_CPU
-        # candidates: above the feature's k-th value (0 until full: only positive values enter),
-        # in row-major order (rows ascending). NumPy on the CPU: far faster than torch there.
-        if on_cpu:
-            dense = values.float().numpy()
-            flat = np.flatnonzero(dense > self.values[:, -1])
-            cand_v = dense.reshape(-1)[flat]
-            rows, feats = np.divmod(flat, self.d)
-        else:
-            if self._threshold is None or self._threshold.device != values.device:
-                self._threshold = torch.from_numpy(self.values[:, -1].copy()).to(values.device)
-            flat_t = (values > self._threshold.to(values.dtype)).reshape(-1).nonzero().squeeze(1)
-            cand_v = values.reshape(-1)[flat_t].float().cpu().numpy()
-            rows, feats = np.divmod(flat_t.cpu().numpy(), self.d)
+        cand_v, rows, feats = self._candidates(values, on_cpu)
         if rows.size == 0:
             return
         cand_k = np.asarray(keys.cpu().numpy() if hasattr(keys, "cpu") else keys, dtype=np.int64)[rows]
@@ -91,23 +79,50 @@ class StreamingTopK:
         chosen = order[rank < k]  # indexes all_*: below n_t * k it is a kept slot
         r_new = rank[rank < k]
         f_new = touched[all_g[chosen]]
-        from_kept = chosen < n_t * k
         if payload_fn is not None:
-            entering = chosen[~from_kept] - n_t * k
-            fresh = payload_fn(rows[entering], feats[entering]) if entering.size else {}
-            old = chosen[from_kept]
-            moved = {name: store[touched[old // k], old % k] for name, store in self.payload.items()}  # copies
-            for name, value in fresh.items():
-                value = np.asarray(value)
-                store = self._store(name, value)
-                if name in moved:
-                    store[f_new[from_kept], r_new[from_kept]] = moved[name]
-                store[f_new[~from_kept], r_new[~from_kept]] = value
+            self._move_payload(payload_fn, chosen, touched, f_new, r_new, rows, feats)
         self.values[f_new, r_new] = all_v[chosen]
         self.keys[f_new, r_new] = all_k[chosen]
         if not on_cpu:
             self._threshold[torch.from_numpy(touched).to(values.device)] = torch.from_numpy(
                 self.values[touched, -1]).to(values.device)
+
+    def _candidates(self, values: "torch.Tensor", on_cpu: bool) -> tuple[Any, Any, Any]:
+        """(values, batch rows, features) of the entries above their feature's k-th value (0 until
+        full: only positive values enter), in row-major order (rows ascending). NumPy on the CPU:
+        far faster than torch there."""
+        import numpy as np
+        import torch
+
+        if on_cpu:
+            dense = values.float().numpy()
+            flat = np.flatnonzero(dense > self.values[:, -1])
+            rows, feats = np.divmod(flat, self.d)
+            return dense.reshape(-1)[flat], rows, feats
+        if self._threshold is None or self._threshold.device != values.device:
+            self._threshold = torch.from_numpy(self.values[:, -1].copy()).to(values.device)
+        flat_t = (values > self._threshold.to(values.dtype)).reshape(-1).nonzero().squeeze(1)
+        rows, feats = np.divmod(flat_t.cpu().numpy(), self.d)
+        return values.reshape(-1)[flat_t].float().cpu().numpy(), rows, feats
+
+    def _move_payload(self, payload_fn: PayloadFn, chosen: Any, touched: Any, f_new: Any, r_new: Any,
+                      rows: Any, feats: Any) -> None:
+        """Payloads of the kept entries moved to their new ranks; those of entering ones computed."""
+        import numpy as np
+
+        k = self.k
+        n_kept = touched.size * k
+        from_kept = chosen < n_kept
+        entering = chosen[~from_kept] - n_kept
+        fresh = payload_fn(rows[entering], feats[entering]) if entering.size else {}
+        old = chosen[from_kept]
+        moved = {name: store[touched[old // k], old % k] for name, store in self.payload.items()}  # copies
+        for name, value in fresh.items():
+            value = np.asarray(value)
+            store = self._store(name, value)
+            if name in moved:
+                store[f_new[from_kept], r_new[from_kept]] = moved[name]
+            store[f_new[~from_kept], r_new[~from_kept]] = value
 
     def _store(self, name: str, like: Any) -> Any:
         import numpy as np
