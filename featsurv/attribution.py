@@ -138,6 +138,7 @@ def run_attribution(options: AuditOptions, compressor: str, params: dict[str, An
     groups = session_groups(session, by)
     passes = attribution_passes(groups, comp.label(params), complements)
     session.progress(f"attribution: {len(groups)} groups by {by}, {len(passes)} configuration passes")
+    session.progress.plan(len(passes))  # "configuration i of n" with an ETA
     outcomes = [session.run(comp.name, params, groups=p.groups, label=p.label) for p in passes]
     counts = pass_counts(passes, session)
     record = {"compressor": comp.name, "params": params, "by": by, "complements": complements,

@@ -173,6 +173,7 @@ def grouped_audit(options: AuditOptions, configurations: Sequence[tuple[str, dic
     session = session or AuditSession(options)
     if out_dir not in (None, False):
         check_out_dir(out_dir)
+    session.progress.plan(len(configurations))
     session.prepare(needs_calibration(session, configurations))
     groups = session_groups(session, scope.by)
     scope_notes(scope, groups, session)

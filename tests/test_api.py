@@ -137,7 +137,7 @@ def test_bad_input_fails_before_any_work(tmp_path):
         featsurv.audit("rtn", model="some/model", preset="featsurv-tiny")
     with pytest.raises(featsurv.FeatsurvError, match="Bad progress"):
         featsurv.audit("rtn", progress=3)
-    with pytest.raises(featsurv.FeatsurvError, match="not a featsurv result"):
+    with pytest.raises(featsurv.FeatsurvError, match="not a complete featsurv result directory.*missing manifest.json"):
         featsurv.load_run(tmp_path)
     assert list(tmp_path.iterdir()) == []
 

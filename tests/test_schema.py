@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import featsurv
+from featsurv import manifest as M
 from featsurv.cli import cli
 from featsurv.schema import SCHEMA_VERSION
 
@@ -82,6 +83,13 @@ def test_versions_ids_bands_and_parameters_are_stored(stored):
     assert list(df.columns[:4]) == ["run_id", "config", "compressor", "params"]
 
 
+def seal(folder: Path, src: Path) -> None:
+    """Write the folder's manifest over its current files (roles as in ``src``'s), as featsurv would."""
+    roles = {n: e["role"] for n, e in json.loads((src / "manifest.json").read_text())["files"].items()
+             if (folder / n).is_file()}
+    M.write(folder, M.build(folder, "run", roles))
+
+
 def write_as_version_1(src: Path, dst: Path) -> None:
     """The folder as featsurv wrote it before schema_version: no version, no run_id or params columns,
     and a band for every feature."""
@@ -94,6 +102,7 @@ def write_as_version_1(src: Path, dst: Path) -> None:
     df = df.drop(columns=["run_id", "params", *[c for c in df.columns if c.startswith("param.")]])
     df["band"] = df["band"].fillna("damaged")
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), dst / "features.parquet")
+    seal(dst, src)
 
 
 def test_a_version_1_run_is_migrated_in_memory(stored, tmp_path):
@@ -124,6 +133,7 @@ def test_another_schema_is_refused_clearly(stored, tmp_path, version, needle):
     summary = json.loads((bad / "summary.json").read_text())
     summary["schema_version"] = version
     (bad / "summary.json").write_text(json.dumps(summary))
+    seal(bad, stored)
     with pytest.raises(featsurv.FeatsurvError, match=needle):
         featsurv.load_run(bad)
     for command in (["report", str(bad)], ["gate", str(bad)]):
@@ -136,5 +146,6 @@ def test_a_folder_mixing_two_schemas_is_refused(stored, tmp_path):
     write_as_version_1(stored, mixed)
     summary = json.loads((stored / "summary.json").read_text())
     (mixed / "summary.json").write_text(json.dumps(summary))  # version 2 beside a version-1 table
+    seal(mixed, stored)
     with pytest.raises(featsurv.FeatsurvError, match="schema 1 but summary.json has 2"):
         featsurv.load_run(mixed)
