@@ -90,8 +90,9 @@ def as_raw(params: dict[str, Any] | None) -> dict[str, list[Any]]:
 
 
 def audit_configurations(registry: Any, compressor: str, raw: dict[str, list[Any]],
-                         preset: Any = None) -> tuple[list[Configuration], list[str]]:
-    """Configurations of an audit; with no parameters given, the preset's recipe for this compressor."""
+                         preset: Any = None, shown: str | None = None) -> tuple[list[Configuration], list[str]]:
+    """Configurations of an audit; with no parameters given, the preset's recipe for this compressor.
+    ``shown``: the parameters as the user wrote them (`-p` text), for the error message."""
     from .params import expand_grid
 
     comp = registry.get("compressors", compressor)
@@ -104,7 +105,8 @@ def audit_configurations(registry: Any, compressor: str, raw: dict[str, list[Any
                      f"(declared default {_params_text(declared)}); give parameters to change it")
     configurations = [(compressor, cfg) for cfg in expand_grid(comp.params, raw, compressor)]
     if not configurations:
-        raise FeatsurvError(f"The parameters {raw!r} give no configuration to run",
+        what = f"-p values {shown!r}" if shown else f"parameters {raw!r}"
+        raise FeatsurvError(f"The {what} give no configuration to run",
                             hint="Give each parameter at least one value, e.g. -p bits=8,6")
     return configurations, notes
 

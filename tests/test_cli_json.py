@@ -89,16 +89,44 @@ def test_no_table_in_json_mode(args, tmp_path):
     assert doc["summary"]["results"][0]["label"] == "rtn int4"
 
 
-@pytest.mark.parametrize("command", ["audit", "compare", "gate"])
+def test_attribute_and_plan_json_are_one_document(args, tmp_path):
+    res = pipe(["attribute", "rtn", "-p", "bits=3", "--by", "layer", "--no-complements", *args, "--json",
+                "--out", str(tmp_path / "a")])
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    groups = [g["name"] for g in doc["summary"]["attribution"]["groups"]]
+    assert len(groups) == 2 and doc["run_id"] == json.loads((tmp_path / "a" / "run.json").read_text())["run_id"]
+    assert "configuration 2 of 2" in res.stderr  # one pass per group, counted
+    res = pipe(["plan", "rtn", "--values", "3,8", "--min-survival", "0", "--by", "layer", *args, "--json",
+                "--out", str(tmp_path / "p")])
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["plan"]["status"] and "plan.toml" in doc["files"]
+
+
+def test_gate_watch_json(audited, tmp_path):
+    out, _, _ = audited
+    watch = tmp_path / "watch.txt"
+    watch.write_text("0\n1\n")
+    res = CliRunner().invoke(cli, ["gate", str(out), "--watch", str(watch), "--min-watched-survival", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["watch"] == str(watch) and doc["min_survival"] is None and doc["min_watched_survival"] == 0
+    assert [c["label"] for c in doc["configurations"]] == ["rtn int8 [watched]", "rtn int4 [watched]"]
+
+
+@pytest.mark.parametrize("command", ["audit", "compare", "gate", "attribute", "plan"])
 def test_every_option_has_help_that_shows_its_default(command):
-    ctx = click.Context(cli, info_name="featsurv")
+    # the help option's names as the real command line has them: click caches a command's help option
+    # on first use, so a context without them would change what docs/cli.md's check renders later
+    ctx = click.Context(cli, info_name="featsurv", help_option_names=["-h", "--help"])
     cmd = cli.get_command(ctx, command)
     for param in cmd.params:
         if not isinstance(param, click.Option) or param.name == "help":
             continue
         shows = "[default: " in (param.help or "") or (param.show_default is True and param.default is not None)
         assert param.help and shows, f"{command} {param.opts}"
-    assert "--json" in cmd.get_help(click.Context(cmd, info_name=command))
+    assert "--json" in cmd.get_help(click.Context(cmd, info_name=command, parent=ctx))
 
 
 def test_a_preset_override_of_a_default_is_said_in_the_progress_output(tmp_path):

@@ -118,7 +118,8 @@ def test_report_renders_with_everything(tmp_path):
     assert "encoder_norm" not in html_text.split("Most damaged features")[1].split("<h2>Run")[0]  # all-NaN column
     import re
 
-    assert re.search(r"\d+\.\d+% \[\d+\.\d%, \d+\.\d%\]", html_text)  # a band fraction with its CI
+    # a band fraction with its CI on a second line (issue 11: intervals do not widen the table)
+    assert re.search(r'\d+\.\d+%<span class="ci">\[\d+\.\d%, \d+\.\d%\]</span>', html_text)
     assert "Bisection path" in html_text
     # no temporary files are left behind
     assert not [p for p in report.parent.iterdir() if p.name.endswith(".tmp")]

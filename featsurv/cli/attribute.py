@@ -25,7 +25,7 @@ def one_configuration(registry, compressor: str, params: tuple[str, ...]) -> dic
 @click.command(name="attribute")
 @click.argument("compressor")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Compressor parameter (one value each; default: the compressor's compare default).")
+              help="Compressor parameter (one value each). [default: the compressor's compare default]")
 @click.option("--by", default="layer,type", show_default=True,
               help="Groups of weight matrices: layer, type (attn, mlp), matrix, or layer,type.")
 @click.option("--complements/--no-complements", default=True, show_default=True,
@@ -41,15 +41,22 @@ def attribute_cmd(compressor: str, params: tuple[str, ...], by: str, complements
     from ..attribution import parse_by, run_attribution
     from ..audit import AuditSession
     from ..plugins import get_registry
-    from .table import print_summary
+    from .table import print_json, print_summary
 
     registry = get_registry()
     by = parse_by(by)
     options, _ = build_options(kwargs)
     config = one_configuration(registry, compressor, params)
-    session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
-    result = run_attribution(options, compressor, config, by=by, complements=complements,
-                             out_dir=kwargs["out_dir"], session=session)
+    progress = progress_for(kwargs["quiet"])
+    session = AuditSession(options, registry, progress)
+    try:
+        result = run_attribution(options, compressor, config, by=by, complements=complements,
+                                 out_dir=kwargs["out_dir"], session=session)
+    finally:
+        progress.close()
+    if kwargs["as_json"]:
+        print_json(result)
+        return
     print_summary(result.summary, result.path, session.metrics)
 
 

@@ -220,4 +220,4 @@ def parse_configurations(registry: Any, compressor: str, params: tuple[str, ...]
     from ..defaults import audit_configurations
     from ..params import parse_assignments
 
-    return audit_configurations(registry, compressor, parse_assignments(params), preset)
+    return audit_configurations(registry, compressor, parse_assignments(params), preset, " ".join(params))

@@ -9,24 +9,27 @@ from .common import add_metric_options, audit_options, build_options, progress_f
 @click.command(name="plan")
 @click.argument("compressor")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="A fixed parameter shared by every group (one value each), e.g. -p granularity=group:32.")
-@click.option("--knob", default=None, help="The parameter set per group (default: the one the compressor declares).")
+              help="A fixed parameter shared by every group (one value each), e.g. -p granularity=group:32. "
+                   "[default: each parameter's declared default]")
+@click.option("--knob", default=None, help="The parameter set per group. [default: the one the compressor declares]")
 @click.option("--values", default=None, metavar="V1,V2,...",
-              help="The knob's allowed values (default: every whole number of the compressor's knob range).")
+              help="The knob's allowed values. [default: every whole number of the compressor's knob range]")
 @click.option("--min-survival", type=float, default=None,
               help="Target: at every hook point at least this fraction of active features survives; "
-                   "the plan has the lowest average knob (weighted by parameters) that meets it.")
+                   "the plan has the lowest average knob (weighted by parameters) that meets it. "
+                   "[default: none; give this or --budget]")
 @click.option("--budget", type=float, default=None,
               help="Target: an average knob (weighted by parameters) no more expensive than this, "
-                   "keeping as many features as the search finds.")
+                   "keeping as many features as the search finds. [default: none; give this or --min-survival]")
 @click.option("--max-ppl-change", type=float, default=None,
-              help="Also keep the relative perplexity change at most this (0.05 = +5%).")
+              help="Also keep the relative perplexity change at most this (0.05 = +5%). [default: not checked]")
 @click.option("--by", default="layer,type", show_default=True,
               help="Groups of weight matrices: layer, type (attn, mlp), matrix, or layer,type.")
 @click.option("--max-steps", type=int, default=32, show_default=True,
               help="Most search trials (each one audit pass) after the uniform and attribution passes.")
 @click.option("--plan-out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the plan file here (it is always written as plan.toml in the result folder).")
+              help="Also write the plan file here (it is always written as plan.toml in the result folder). "
+                   "[default: only plan.toml in the result folder]")
 @audit_options
 def plan_cmd(compressor: str, params: tuple[str, ...], knob: str | None, values: str | None,
              min_survival: float | None, budget: float | None, max_ppl_change: float | None, by: str,
@@ -44,7 +47,7 @@ def plan_cmd(compressor: str, params: tuple[str, ...], knob: str | None, values:
     from ..params import expand_grid, parse_assignments
     from ..plan import Goal, run_plan
     from ..plugins import get_registry
-    from .table import print_summary
+    from .table import print_json, print_summary
 
     registry = get_registry()
     comp = registry.get("compressors", compressor)
@@ -53,12 +56,19 @@ def plan_cmd(compressor: str, params: tuple[str, ...], knob: str | None, values:
         raise FeatsurvError("plan takes one value of each fixed parameter, not a sweep", hint="Give each -p one value")
     options, _ = build_options(kwargs)
     goal = Goal(min_survival, budget, max_ppl_change, max_steps)
-    session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
+    progress = progress_for(kwargs["quiet"])
+    session = AuditSession(options, registry, progress)
     vals = [v.strip() for v in values.split(",") if v.strip()] if values else None
-    result = run_plan(options, compressor, grid[0], goal, knob=knob, values=vals, by=by,
-                      out_dir=kwargs["out_dir"], session=session, plan_out=plan_out)
-    print_summary(result.summary, result.path, session.metrics)
+    try:
+        result = run_plan(options, compressor, grid[0], goal, knob=knob, values=vals, by=by,
+                          out_dir=kwargs["out_dir"], session=session, plan_out=plan_out)
+    finally:
+        progress.close()
     section = result.summary["plan"]
+    if kwargs["as_json"]:  # the plan (setting, status, plan files) is in the summary's "plan"
+        print_json(result)
+        click.get_current_context().exit(1 if section["status"] == "unreachable" else 0)
+    print_summary(result.summary, result.path, session.metrics)
     click.echo("")
     click.echo(f"plan: {section['message']}.")
     for name, value in (section.get("setting") or {}).items():

@@ -69,7 +69,12 @@ def write_table(out: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..schema import META_VERSION, SCHEMA_VERSION
+
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(sweep_frame(out), preserve_index=False), buf)
+    table = pa.Table.from_pandas(sweep_frame(out), preserve_index=False)
+    # the results schema of the pieces; no run id: the table is the same for every executor and resume
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_VERSION: str(SCHEMA_VERSION).encode()})
+    pq.write_table(table, buf)
     write_bytes_atomic(out / TABLE_FILE, buf.getvalue())
     return out / TABLE_FILE
