@@ -209,3 +209,21 @@ def test_revision_selects_the_hub_snapshot(tmp_path, tiny_models):
     sums = [float(subprocess.run([sys.executable, "-c", code, rev], capture_output=True, text=True, env=env,
                                  check=True).stdout.split()[-1]) for rev in ("", "main", "v2")]
     assert sums[0] == sums[1] != sums[2]
+
+
+def test_device_auto_picks_cuda_then_mps_then_cpu_and_an_unavailable_mps_is_a_clean_error(monkeypatch):
+    import torch
+
+    from featsurv.options import OptionError, resolve_device
+
+    mps = torch.backends.mps
+    for cuda, has_mps, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(mps, "is_available", lambda has_mps=has_mps: has_mps)
+        assert resolve_device("auto") == expected
+    with pytest.raises(OptionError) as err:
+        resolve_device("mps")  # MPS unavailable (the last setting above)
+    shown = err.value.shown_as("--device")
+    assert "Bad --device 'mps'" in shown.message and "MPS is not available" in shown.message
+    res = CliRunner().invoke(cli, ["audit", "rtn", "-p", "bits=4", "--device", "mps", "--tokens", "512", "-q"])
+    assert res.exit_code == 2 and "MPS is not available" in res.output and "Traceback" not in res.output
