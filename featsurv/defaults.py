@@ -67,7 +67,7 @@ def option_notes(preset: Any, given: dict[str, Any], name: Callable[[str], str] 
             continue
         default = declared[key]
         if value != default and not (isinstance(default, tuple) and tuple(value) == default):
-            shown = "none (from the SAE's metadata)" if default is None else _show(default)
+            shown = "from the SAE's metadata" if default is None else _show(default)
             changed.append(f"{name(key)} {_show(value)} (default {shown})")
     if not changed:
         return []
