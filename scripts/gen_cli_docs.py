@@ -33,6 +33,9 @@ def render() -> str:
     parts.append("## featsurv\n\n```text\n" + cli.get_help(ctx).rstrip() + "\n```\n")
     for name in cli.list_commands(ctx):
         cmd = cli.get_command(ctx, name)
+        # click caches a command's help option with the names of the first context it saw (a test
+        # that invokes a command on its own sees only --help): render with the command line's names
+        cmd._help_option = None
         sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
         parts.append(f"## featsurv {name}\n\n```text\n" + cmd.get_help(sub).rstrip() + "\n```\n")
     return "\n".join(parts)
