@@ -12,6 +12,8 @@ from typing import Any
 
 from featsurv import Metric, Param, ReportSection, hookimpl
 
+SURVIVAL = "survival"  # the metric whose per-feature r and survived_above the watch list reads
+
 
 def _watch_list(options: dict[str, Any]) -> Any:
     from featsurv.watch import load_watch
@@ -67,6 +69,28 @@ class Watch(Metric):
         items = _watch_list(options)
         if items is not None:  # unknown hook points or ids stop the audit before any configuration
             resolve_watch(_all_features(fp.hooks), items)
+
+    def entry(self, entry: dict[str, Any], outcome: Any, baseline: dict[str, Any],
+              options: dict[str, Any]) -> dict[str, Any] | None:
+        """Per (configuration, hook point): how many of the watched features there survived."""
+        items = _watch_list(options)
+        hook = options.get("hook")
+        survival = outcome.features.get(hook, {}).get(SURVIVAL)
+        if items is None or survival is None:
+            return None
+        hooks = list((baseline.get("saes") or {}).keys()) or [hook]
+        ids = sorted({i.feature for i in items if (i.hook or (hooks[0] if len(hooks) == 1 else None)) == hook})
+        if not ids:
+            return None
+        above = (options.get("metric_options") or {}).get(SURVIVAL, {}).get("survived_above", 0.9)
+        r = survival.per_feature["r"]
+        n_surv = int(sum(1 for i in ids if r[i] == r[i] and r[i] > above))  # NaN (inactive): not survived
+        return {"watched_n": len(ids), "watched_survived_n": n_surv, "watched_survived": n_surv / len(ids)}
+
+    def row_notes(self, entry: dict[str, Any]) -> list[str]:
+        if "watched_n" not in entry:
+            return []
+        return [f"watched: {entry['watched_survived_n']} of {entry['watched_n']} survived"]
 
     def analyze(self, run: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         from featsurv.watch import thresholds, watched_section
