@@ -77,6 +77,22 @@ def _ints(value: str, flag: str, minimum: int = 0) -> list[int]:
     return out
 
 
+def _pool(value: str | None) -> int | str | None:
+    """--pool-tokens: a whole number of 1 or more, or ``all``."""
+    from featsurv import FeatsurvError
+
+    if value is None or value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise FeatsurvError(f"Bad --pool-tokens {value!r}", allowed="a whole number of 1 or more, or all",
+                            hint="Pass e.g. --pool-tokens 400000, or --pool-tokens all (the whole dataset)")
+    return n
+
+
 def stability_configuration(registry: Any, compressor: str, params: tuple[str, ...], preset: Any) -> dict[str, Any]:
     """The one configuration measured: -p, else the preset's compare A (same compressor), else its audit's."""
     from featsurv import FeatsurvError
@@ -101,13 +117,14 @@ def stability_configuration(registry: Any, compressor: str, params: tuple[str, .
 @click.option("--budgets", default="50000,100000,200000", show_default=True, help="Token budgets: the first N tokens of the pool each.")
 @click.option("--subset-tokens", default=100000, show_default=True, type=int, help="Tokens of each random subset (and of the null test).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds of the random subsets.")
-@click.option("--pool-tokens", default=None, type=int, help="Tokens read from the dataset; subsets are drawn from them "
+@click.option("--pool-tokens", default=None, metavar="N|all", help="Tokens read from the dataset, the budgets' "
+              "prefixes and the subsets' draws come from them; all: the whole dataset, as the reference "
               "(default: twice the largest budget or subset).")
 @click.option("--no-null", is_flag=True, help="Skip the FP-vs-FP null test.")
 @click.option("--json", "as_json", is_flag=True, help="Print stability.json instead of the text.")
 @audit_options
 def stability_cmd(compressor: str, params: tuple[str, ...], budgets: str, subset_tokens: int, seeds: str,
-                  pool_tokens: int | None, no_null: bool, as_json: bool, **kwargs: Any) -> None:
+                  pool_tokens: str | None, no_null: bool, as_json: bool, **kwargs: Any) -> None:
     """The reference study's phase 4 stability ablations of one configuration (default RTN INT6 with a reference preset).
 
     Measures the configuration on the first N tokens for each --budgets value, on random subsets
@@ -125,5 +142,6 @@ def stability_cmd(compressor: str, params: tuple[str, ...], budgets: str, subset
     if kwargs.get("n_tokens") is not None:
         raise FeatsurvError(f"stability does not take --tokens ({kwargs['n_tokens']})",
                             hint="Set the token counts with --budgets, --subset-tokens and --pool-tokens")
-    plan_values = (_ints(budgets, "--budgets", 1), subset_tokens, _ints(seeds, "--seeds"), pool_tokens, not no_null)
+    plan_values = (_ints(budgets, "--budgets", 1), subset_tokens, _ints(seeds, "--seeds"), _pool(pool_tokens),
+                   not no_null)
     stability_main(compressor, params, plan_values, kwargs, as_json)

@@ -6,8 +6,12 @@ from typing import Any
 
 import click
 
+#: --pool-tokens all: every whole context of the dataset
+ALL = -1
+
 
 def plan_from(values: tuple[Any, ...], context: int | None) -> Any:
+    """The plan of the ablations; checked against ``context`` when it is known."""
     from featsurv import FeatsurvError
 
     from .phase_stability import Plan, check_plan
@@ -16,26 +20,46 @@ def plan_from(values: tuple[Any, ...], context: int | None) -> Any:
     if subset_tokens < 1:
         raise FeatsurvError(f"Bad --subset-tokens {subset_tokens}", allowed="a whole number of 1 or more",
                             hint="Pass e.g. --subset-tokens 100000")
-    pool = pool_tokens if pool_tokens is not None else 2 * max(max(budgets), subset_tokens)
-    if pool < 1:
-        raise FeatsurvError(f"Bad --pool-tokens {pool_tokens}", allowed="a whole number of 1 or more",
-                            hint="Pass e.g. --pool-tokens 400000")
+    if pool_tokens == "all":
+        pool = ALL
+    else:
+        pool = pool_tokens if pool_tokens is not None else 2 * max(max(budgets), subset_tokens)
     plan = Plan(sorted(dict.fromkeys(budgets)), subset_tokens, list(dict.fromkeys(seeds)), pool, null)
-    if context is not None:
+    if context is not None and pool != ALL:
         check_plan(plan, context)
     return plan
 
 
-def load(options: Any, session: Any, needs_calibration: bool) -> None:
-    """Load model, SAEs and the token pool (no FP pass: each variant runs its own)."""
+def load(options: Any, session: Any, needs_calibration: bool, whole: bool) -> None:
+    """Load model, SAEs and the token pool (no FP pass: each variant runs its own); ``whole``:
+    the pool is every whole context of the dataset."""
     from featsurv.workbench import load_workbench
 
     session.bench = load_workbench(options, session.registry, session.progress, needs_calibration)
+    if whole:
+        session.bench.tokens = whole_dataset(session.bench)
     session.derived = {"device": session.bench.device, "metrics": session.metrics.setup(session.loaded, session.tokens)}
+
+
+def whole_dataset(bench: Any) -> Any:
+    """Every whole context of the dataset, cut as the audit cuts its tokens."""
+    import sys
+
+    from featsurv.loading import dataset_source
+    from featsurv.tokens import _token_stream, build_tokens
+
+    o, t = bench.options, bench.tokens
+    docs = lambda: dataset_source(bench.registry, o.dataset).documents(o.dataset)  # noqa: E731
+    n = len(_token_stream(bench.loaded.tokenizer, docs(), sys.maxsize, o.join))
+    per_ctx = t.context - 1 if t.prepend_bos else t.context
+    bench.progress(f"pool: the whole dataset, {n} tokens, {n // per_ctx} contexts")
+    return build_tokens(bench.loaded.tokenizer, docs(), dataset=o.dataset, n_tokens=n // per_ctx * t.context,
+                        context=t.context, prepend_bos=t.prepend_bos, exclude_special=o.exclude_special, join=o.join)
 
 
 def stability_main(compressor: str, params: tuple[str, ...], plan_values: tuple[Any, ...], kwargs: dict[str, Any],
                    as_json: bool) -> None:
+    from featsurv import FeatsurvError
     from featsurv.audit import AuditSession
     from featsurv.cli.common import build_options, progress_for
     from featsurv.plugins import get_registry
@@ -53,9 +77,16 @@ def stability_main(compressor: str, params: tuple[str, ...], plan_values: tuple[
     out = check_out_dir(kwargs.get("out_dir") or default_out_dir("stability"))
     session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
     plan = plan_from(plan_values, options.context)
-    session.options = dataclasses.replace(options, n_tokens=plan.pool_tokens)
-    load(session.options, session, registry.get("compressors", compressor).needs_calibration_for(cfg))
-    plan = plan_from((plan.budgets, plan.subset_tokens, plan.seeds, plan.pool_tokens, plan.null),
+    whole = plan.pool_tokens == ALL
+    needs_calibration = registry.get("compressors", compressor).needs_calibration_for(cfg)
+    if whole and needs_calibration:
+        raise FeatsurvError("--pool-tokens all leaves no tokens for calibrating " + repr(compressor),
+                            hint="Pass --pool-tokens N, a number of tokens")
+    first = max(max(plan.budgets), plan.subset_tokens) if whole else plan.pool_tokens
+    session.options = dataclasses.replace(options, n_tokens=first)
+    load(session.options, session, needs_calibration, whole)
+    pool = session.tokens.n_contexts * session.tokens.context if whole else plan.pool_tokens
+    plan = plan_from((plan.budgets, plan.subset_tokens, plan.seeds, pool, plan.null),
                      session.tokens.context)  # the context the SAE set, now known
     s, d = thresholds(options.metric_options)
     rows, feats = S.run_stability(session, compressor, cfg, plan, s, d, session.progress)

@@ -105,6 +105,23 @@ def test_budget_prefix_equals_a_plain_audit(stability_run, cli_base_args, tmp_pa
     assert np.allclose(mine["firing_rate"].to_numpy(), audit["firing_rate"].to_numpy(), atol=0)
 
 
+def test_pool_of_the_whole_dataset(stability_run, cli_base_args, tmp_path):
+    out, _ = stability_run
+    res = CliRunner().invoke(cli, ["stability", "rtn", "-p", "bits=3", "--budgets", "256", "--subset-tokens", "256",
+                                   "--seeds", "0", "--pool-tokens", "all", "--no-null", *_base(cli_base_args),
+                                   "--out", str(tmp_path / "w")])
+    assert res.exit_code == 0, res.output
+    plan = json.loads((tmp_path / "w" / "stability.json").read_text())["plan"]
+    assert plan["pool_tokens"] > 1024 and plan["pool_tokens"] % 32 == 0
+    whole = pd.read_parquet(tmp_path / "w" / "stability_features.parquet")
+    assert set(whole["ablation"]) == {"budget", "subset"}
+    before = pd.read_parquet(out / "stability_features.parquet")
+    a = whole[whole["ablation"] == "budget"].sort_values("feature")
+    b = before[(before["ablation"] == "budget") & (before["token_budget"] == 256)].sort_values("feature")
+    assert np.array_equal(a["active"].to_numpy(), b["active"].to_numpy())  # a prefix does not depend on the pool
+    assert np.abs(a["r"].to_numpy() - b["r"].to_numpy())[a["active"].to_numpy()].max() < 1e-6
+
+
 def test_random_subset_is_the_reference_draw():
     import torch
 
@@ -134,6 +151,7 @@ def test_random_subset_is_the_reference_draw():
     (["--budgets", "16"], "one context"),
     (["-p", "bits=3,4"], "one configuration"),
     (["--subset-tokens", "0"], "--subset-tokens"),
+    (["--pool-tokens", "many"], "--pool-tokens"),
 ])
 def test_stability_bad_input_exits_2(cli_base_args, tmp_path, args, needle):
     base = _base(cli_base_args)
