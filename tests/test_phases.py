@@ -285,3 +285,16 @@ def test_analyze_needs_a_hook_when_several_and_a_real_run(tmp_path):
     assert res.exit_code == 2 and "--hook" in res.output and "blocks.2.hook_resid_post" in res.output
     res = CliRunner().invoke(cli, ["analyze", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_analyze_a_single_configuration_audit(tmp_path):
+    table = synthetic_table()
+    run = RunResult({"command": "audit"}, {"baseline": {}, "results": []}, table[table["config"] == A])
+    write_run(tmp_path / "run", run)
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli, ["analyze", str(tmp_path / "run"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "quartiles.parquet").is_file() and (out / "threshold_grid.parquet").is_file()
+    assert not (out / "deciles.parquet").exists() and "non_survived" not in res.stdout
+    record = json.loads((out / "analysis.json").read_text())
+    assert record["runs"][0]["b"] is None and record["runs"][0]["survived_above"] == 0.9  # the survival defaults
