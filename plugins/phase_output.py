@@ -36,9 +36,13 @@ def write_all(tmp: Path, runs: Sequence[Any], prefixes: Sequence[str], cross: An
             table.to_parquet(tmp / name, index=False)
     if cross is not None:
         cross.to_parquet(tmp / "coefficient_comparison.parquet", index=False)
-    for name, fig in figures(runs, prefixes).items():
+    from .phase_pages import analysis_page
+
+    figs = figures(runs, prefixes)
+    for name, fig in figs.items():
         save_png(fig, tmp / name)
     write_json_atomic(tmp / "analysis.json", record)
+    (tmp / "report.html").write_text(analysis_page(runs, prefixes, cross, list(figs)), encoding="utf-8")
 
 
 def record_of(runs: Sequence[Any], cross: Any) -> dict[str, Any]:

@@ -112,8 +112,13 @@ def _render(tmp: Any, rows: Any, feats: Any, grid: Any, record: dict[str, Any], 
     feats.to_parquet(tmp / "stability_features.parquet", index=False)
     grid.to_parquet(tmp / "threshold_grid.parquet", index=False)
     write_json_atomic(tmp / "stability.json", record)
+    names = []
     for i, (hook, part) in enumerate(rows.groupby("hook", sort=False)):
         null = record["hooks"].get(str(hook), {}).get("null")
         fig = F.stability(part[part["ablation"] == "budget"], part[part["ablation"] == "subset"], null,
                           f"{label} @ {hook}")
-        save_png(fig, tmp / (f"fig_stability_{i + 1}.png" if rows["hook"].nunique() > 1 else "fig_stability.png"))
+        names.append(f"fig_stability_{i + 1}.png" if rows["hook"].nunique() > 1 else "fig_stability.png")
+        save_png(fig, tmp / names[-1])
+    from .phase_pages import stability_page
+
+    (tmp / "report.html").write_text(stability_page(rows, record["hooks"], grid, names, label), encoding="utf-8")

@@ -243,6 +243,8 @@ def test_analyze_command_writes_tables_figures_and_json(tmp_path):
     top = pd.read_parquet(out / "top_disrupted.parquet")
     assert top.groupby("config").size().tolist() == [5, 5]
     assert (out / "fig_roc.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "report.html").read_text()
+    assert "degraded" in page and 'src="fig_deciles.png"' in page and "Threshold grid" in page
 
 
 def test_analyze_two_runs_sign_agreement(tmp_path):

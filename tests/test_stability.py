@@ -89,6 +89,8 @@ def test_threshold_grid_is_the_largest_budgets(stability_run):
     for g, e in zip(got, oracle_grid(part["r"]), strict=True):
         assert g == pytest.approx(e, abs=1e-9)
     assert (out / "fig_stability.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "report.html").read_text()
+    assert 'src="fig_stability.png"' in page and "null test" in page and "Threshold grid" in page
 
 
 def test_budget_prefix_equals_a_plain_audit(stability_run, cli_base_args, tmp_path):
