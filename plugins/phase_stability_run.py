@@ -35,7 +35,17 @@ def load(options: Any, session: Any, needs_calibration: bool, whole: bool) -> No
     the pool is every whole context of the dataset."""
     from featsurv.workbench import load_workbench
 
-    session.bench = load_workbench(options, session.registry, session.progress, needs_calibration)
+    from featsurv import FeatsurvError
+
+    try:
+        session.bench = load_workbench(options, session.registry, session.progress, needs_calibration)
+    except FeatsurvError as exc:
+        if "is too short" not in exc.message:
+            raise
+        first = exc.message.split(". Pass ")[0]  # the dataset's size, without the audit's --tokens hint
+        raise FeatsurvError(f"{first} (the stability pool)",
+                            hint="Pass a smaller --pool-tokens, or --pool-tokens all, with --budgets and "
+                                 "--subset-tokens no larger than it") from None
     if whole:
         session.bench.tokens = whole_dataset(session.bench)
     session.derived = {"device": session.bench.device, "metrics": session.metrics.setup(session.loaded, session.tokens)}

@@ -154,6 +154,7 @@ def test_random_subset_is_the_reference_draw():
     (["-p", "bits=3,4"], "one configuration"),
     (["--subset-tokens", "0"], "--subset-tokens"),
     (["--pool-tokens", "many"], "--pool-tokens"),
+    (["--budgets", "256", "--subset-tokens", "256", "--pool-tokens", "100000000"], "smaller --pool-tokens"),
 ])
 def test_stability_bad_input_exits_2(cli_base_args, tmp_path, args, needle):
     base = _base(cli_base_args)
