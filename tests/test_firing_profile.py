@@ -95,7 +95,7 @@ def test_a_bad_ratio_is_refused_naming_the_flag(bad, tmp_path):
 def test_the_saelens_directory_profile_is_read_where_it_records_one():
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    from plugins.sae_saelens import _expected_profile
+    from featsurv_plugins.sae_saelens import _expected_profile
 
     class Meta(dict):
         pass
