@@ -452,3 +452,19 @@ def test_ray_split_sweep_with_a_killed_piece_worker_matches_local(split_sweep, l
     assert (out / "sweep.parquet").read_bytes() == (local_sweep[0] / "sweep.parquet").read_bytes()
     assert piece_bytes(out) == piece_bytes(local_sweep[0])
     assert len(list((out / "fp").glob("*/manifest.json"))) == 2
+
+
+def test_killed_split_sweep_resumes_reusing_the_fp_state(split_sweep, local_sweep, tmp_path):
+    spec = split_sweep[0]
+    out, hold = tmp_path / "s", tmp_path / "hold"
+    proc = featsurv_proc("sweep", spec, "--out", out, env=env_for(FEATSURV_SWEEP_HOLD=f"2:{hold}"))
+    wait_for(hold, proc)  # held after the 2nd piece task of the first job
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    states = {p: (p / "manifest.json").stat().st_mtime_ns for p in (out / "fp").glob("*")}
+    assert len(states) == 1  # the first job's FP state, saved before its piece tasks
+    res = invoke("sweep", spec, "--out", out, "-q")
+    assert res.exit_code == 0 and "2 finished piece(s) skipped (verified), 4 computed" in res.output, res.output
+    assert all((p / "manifest.json").stat().st_mtime_ns == t for p, t in states.items())  # reused, not recomputed
+    assert (out / "sweep.parquet").read_bytes() == (local_sweep[0] / "sweep.parquet").read_bytes()
+    assert piece_bytes(out) == piece_bytes(local_sweep[0])
