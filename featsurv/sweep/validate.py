@@ -97,7 +97,8 @@ def check_model(i: int, entry: dict[str, Any], common: dict[str, Any], registry:
     return ModelEntry(str(name), options.record(), split_value(entry, where, split))
 
 
-def check_models(value: Any, common: dict[str, Any], registry: Any, base: Path, split: str = "none") -> list[ModelEntry]:
+def check_models(value: Any, common: dict[str, Any], registry: Any, base: Path,
+                 split: str = "none") -> list[ModelEntry]:
     models = [check_model(i, e, common, registry, base, split) for i, e in enumerate(_entries(value, "models"))]
     names = [m.name for m in models]
     dupes = sorted({n for n in names if names.count(n) > 1})
