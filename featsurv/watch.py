@@ -232,8 +232,7 @@ def gate_lines(section: dict[str, Any], min_watched_survival: float = 1.0) -> li
 
 
 def thresholds(summary: dict[str, Any]) -> dict[str, float]:
-    """The run's band thresholds: the options of the metric in summary ``metric_options`` that
-    declares ``survived_above`` (older runs: ``options``)."""
+    """The run's band thresholds: the metric options that define ``survived_above`` (older runs: ``options``)."""
     summary = summary or {}
     opts = next((o for o in (summary.get("metric_options") or {}).values()
                  if isinstance(o, dict) and "survived_above" in o), None) or summary.get("options") or {}

@@ -49,6 +49,8 @@ HOST_OPTIONS: list[tuple[list[str], dict[str, Any]]] = [
         help="Fit check threshold (0 or less disables the fit check)."),
     opt(["--fit-margin"], "0.01", type=float, default=None,
         help="Fit check: stop when the SAE fits a neighbouring hook point within this of its own."),
+    opt(["--max-l0-ratio"], "3; 0 disables", type=float, default=None,
+        help="Fit check: stop when the FP L0 differs from the L0 the SAE's metadata records by more than this factor."),
     opt(["--calibration-tokens"], "8192 when a compressor needs them, else 0", type=int, default=None,
         help="Tokens after the audit tokens set aside for data-aware compressors."),
     opt(["--metric", "metrics"], "the default metrics only", multiple=True, help="Also run this metric plugin."),
@@ -110,10 +112,13 @@ def with_preset_default(decls: list[str], attrs: dict[str, Any], preset: tuple[s
 
 
 def audit_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command the host options (metric flags are added by :func:`add_metric_options`)."""
+    """Give a command the host options (metric flags are added by :func:`add_metric_options`); an
+    option the command declares itself (e.g. its own ``--json``) is left to the command."""
     preset = _default_preset_values()
+    own = {p.name for p in getattr(func, "__click_params__", [])}
     for decls, attrs in reversed(HOST_OPTIONS):
-        func = click.option(*decls, **with_preset_default(decls, attrs, preset))(func)
+        if click.Option(decls, **attrs).name not in own:
+            func = click.option(*decls, **with_preset_default(decls, attrs, preset))(func)
     return func
 
 
