@@ -27,9 +27,21 @@ def param_columns(compressor: Any, params: dict[str, Any], n: int) -> dict[str, 
     import pandas as pd
 
     cols: dict[str, Any] = {"params": [json.dumps(params, default=str)] * n}
-    for p in compressor.params:
-        cols[PARAM_PREFIX + p.name] = pd.Series([params.get(p.name)] * n, dtype=PARAM_DTYPES.get(p.type))
+    declared = [(p.name, p.type) for p in compressor.params] if compressor is not None else \
+        [(k, type(v)) for k, v in params.items()]  # a compressor run without registering it (a plugin's own)
+    for name, kind in declared:
+        cols[PARAM_PREFIX + name] = pd.Series([params.get(name)] * n, dtype=PARAM_DTYPES.get(kind))
     return cols
+
+
+def _compressor(session: AuditSession, name: str) -> Any:
+    """The registered compressor ``name``, or None for one a plugin ran without registering it."""
+    from .errors import FeatsurvError
+
+    try:
+        return session.compressor(name)
+    except FeatsurvError:
+        return None
 
 
 def feature_frame(session: AuditSession, outcome: Outcome, run_id: str | None = None) -> Any:
@@ -38,7 +50,7 @@ def feature_frame(session: AuditSession, outcome: Outcome, run_id: str | None = 
     import pandas as pd
 
     frames = []
-    compressor = session.compressor(outcome.compressor)
+    compressor = _compressor(session, outcome.compressor)
     for hook, by_metric in outcome.features.items():
         state = session.hooks[hook]
         n = state.sae.d_sae

@@ -96,7 +96,8 @@ def _pool(value: str | None) -> int | str | None:
 def stability_configuration(registry: Any, compressor: str, params: tuple[str, ...], preset: Any) -> dict[str, Any]:
     """The one configuration measured: -p, else the preset's compare A (same compressor), else its audit's."""
     from featsurv import FeatsurvError
-    from featsurv.cli.common import parse_configurations
+    from featsurv.defaults import as_raw, audit_configurations
+    from featsurv.params import parse_assignments
 
     preset_params = None
     if preset and not params:
@@ -104,7 +105,8 @@ def stability_configuration(registry: Any, compressor: str, params: tuple[str, .
             preset_params = preset.compare.get("a_params")
         elif preset.audit.get("compressor") == compressor:
             preset_params = preset.audit.get("params")
-    configs = parse_configurations(registry, compressor, params, preset_params)
+    raw = parse_assignments(params) if params or not preset_params else as_raw(preset_params)
+    configs, _ = audit_configurations(registry, compressor, raw, shown=" ".join(params))
     if len(configs) != 1:
         raise FeatsurvError(f"stability measures one configuration; the parameters give {len(configs)}",
                             hint="Give each -p key one value, e.g. -p bits=6")
