@@ -334,7 +334,23 @@ def split_file(sweep_file: Path, tmp_path: Path, where: str = "sweep") -> Path:
 
 
 def piece_bytes(out: Path, name: str = "features.parquet") -> dict[str, bytes]:
-    return {str(p.relative_to(out)): (p / name).read_bytes() for p in sorted((out / "pieces").glob("*/*"))}
+    """Each piece's table as bytes, its run id left out (every run gets a new one: docs/results.md);
+    everything else must be byte-identical."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    out_bytes = {}
+    for p in sorted((out / "pieces").glob("*/*")):
+        table = pq.read_table(p / name)
+        if "run_id" in table.column_names:
+            table = table.drop(["run_id"])
+        table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
+                                               if k != b"featsurv.run_id"})
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        out_bytes[str(p.relative_to(out))] = buf.getvalue()
+    return out_bytes
 
 
 @pytest.fixture(scope="module")
