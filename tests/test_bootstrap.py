@@ -162,3 +162,85 @@ def test_degenerate_cases():
         bm.update(np.ones((4, 2)), np.ones((4, 2)))
     with pytest.raises(ValueError):
         BlockMoments(3, max_blocks=3)
+
+
+# --------------------------------------------------------------------------- pinned output
+def _golden_batches(seed=11, d=200, n_batches=12, per_batch=3, lo=20, hi=64):
+    """Batches ``(context_sizes, fp, compressed)`` (float32) with the awkward columns of a real audit."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(n_batches):
+        sizes = [0 if (b, c) == (4, 1) else int(rng.integers(lo, hi)) for c in range(per_batch)]
+        t = sum(sizes)
+        scale = rng.uniform(0.5, 3.0, size=d)
+        x = np.maximum(rng.normal(-0.3, 1.0, size=(t, d)), 0.0) * scale
+        noise = rng.normal(0.0, 1.0, size=(t, d)) * np.linspace(0.0, 3.0, d)
+        y = np.maximum(x + noise, 0.0)
+        x[:, 0] = 0.0
+        y[:, 0] = 0.0
+        if b == 0:  # column 0: rare, fires in the first batch only
+            x[:3, 0] = [1.5, 0.25, 2.0]
+            y[:3, 0] = [1.0, 0.5, 1.5]
+        y[:, 1] = 0.0  # silenced
+        y[:, 2] = 0.7  # compressed constant non-zero
+        x[:, 3] = 1e4 + rng.normal(size=t)  # large offset, small spread
+        y[:, 3] = x[:, 3] + 0.3 * rng.normal(size=t)
+        y[:, 4] = np.maximum(2.0 - x[:, 4], 0)  # anti-correlated
+        out.append((sizes, x.astype(np.float32), y.astype(np.float32)))
+    return out
+
+
+def _run_survival(data, n_resamples, seed):
+    torch = pytest.importorskip("torch")
+    from featsurv import Batch
+    from featsurv_plugins.metric_survival import SurvivalAccumulator
+
+    d = data[0][1].shape[1]
+    acc = SurvivalAccumulator(d, {"min_firing_rate": 0.001, "survived_above": 0.9, "damaged_below": 0.5,
+                                  "bootstrap": n_resamples, "seed": seed})
+    first, fires, n = 0, np.zeros(d), 0
+    for i, (sizes, x, y) in enumerate(data):
+        acc.update(torch.from_numpy(x), torch.from_numpy(y), Batch(i, first, sizes))
+        first += len(sizes)
+        fires += (x > 0).sum(0)
+        n += x.shape[0]
+    return acc.result({"firing_rate": fires / n})
+
+
+# Recorded with the per-context implementation (featsurv.stats.StreamingPearson and
+# featsurv.bootstrap.BlockMoments, commit 9e11c86) before the numerics moved into the plugin;
+# any later implementation must reproduce the bands and intervals exactly for the same seed.
+GOLDEN = {
+    "A": (dict(), 400, 7, {
+        "n_features": 200, "n_active": 200, "survived": 0.17, "blurred": 0.425, "damaged": 0.405,
+        "mean_r": 0.6039787385001908, "median_r": 0.5903291586046882, "n_silenced": 2,
+        "counts": {"survived": 34, "blurred": 85, "damaged": 81},
+        "ci": {"n_blocks": 35, "n_resamples": 400, "level": 0.95, "survived": [0.15987500000000004, 0.18],
+               "blurred": [0.395, 0.45], "damaged": [0.385, 0.43]}}),
+    # 299 non-empty contexts: more than 256 blocks, so neighbouring blocks are merged pairwise
+    "B": (dict(seed=3, d=24, n_batches=100, per_batch=3, lo=2, hi=9), 300, 1, {
+        "n_features": 24, "n_active": 24, "survived": 0.08333333333333333, "blurred": 0.4166666666666667,
+        "damaged": 0.5, "mean_r": 0.4673689942142996, "median_r": 0.49147471829288386, "n_silenced": 2,
+        "counts": {"survived": 2, "blurred": 10, "damaged": 12},
+        "ci": {"n_blocks": 150, "n_resamples": 300, "level": 0.95,
+               "survived": [0.041666666666666664, 0.08333333333333333],
+               "blurred": [0.3333333333333333, 0.4583333333333333], "damaged": [0.4583333333333333, 0.625]}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_survival_output_pinned_for_a_fixed_seed(case):
+    kwargs, n_resamples, seed, expected = GOLDEN[case]
+    data = _golden_batches(**kwargs)
+    res = _run_survival(data, n_resamples, seed)
+    got = dict(res.summary)
+    for key in ("mean_r", "median_r"):
+        assert got.pop(key) == pytest.approx(expected[key], abs=1e-12), key
+    want = {k: v for k, v in expected.items() if k not in ("mean_r", "median_r")}
+    assert got == want
+    # the point r against scipy, token by token (constant columns: 0)
+    x = np.vstack([b[1] for b in data]).astype(np.float64)
+    y = np.vstack([b[2] for b in data]).astype(np.float64)
+    oracle = [_pearson_or_zero(x[:, j], y[:, j]) for j in range(x.shape[1])]
+    np.testing.assert_allclose(res.per_feature["r"], oracle, rtol=0, atol=1e-9)
+    assert np.flatnonzero(res.per_feature["silenced"]).tolist() == [1, 2]
