@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .survival_numerics import (BANDS, CXY, DEFAULT_DAMAGED_BELOW, DEFAULT_SURVIVED_ABOVE, M2X, M2Y,
-                                MEAN_X, MEAN_Y, CONST_REL, SurvivalMoments)
+from .survival_numerics import (BANDS, CONST_REL, CXY, DEFAULT_DAMAGED_BELOW, DEFAULT_SURVIVED_ABOVE, M2X,
+                                M2Y, MEAN_X, MEAN_Y, SurvivalMoments)
 
 
 def resample_indices(n_blocks: int, n_resamples: int, seed: int = 0) -> np.ndarray:
@@ -58,36 +58,42 @@ def _pooling_terms(n: np.ndarray, m: Any) -> tuple[Any, Any, Any]:
     return p, shift_x, shift_y
 
 
-def _count_bands(s: Any, big_n: Any, shift_x: Any, shift_y: Any, survived_above: float,
-                 damaged_below: float) -> tuple[Any, Any]:
+def _count_bands(s: Any, shift_x: Any, shift_y: Any, survived_above: float, damaged_below: float,
+                 buf: Any) -> tuple[Any, Any]:
     """Per-resample counts of survived and damaged features from the sums ``s [R, 5, w]``.
 
-    ``s`` is consumed (overwritten in place). The constant rule is
-    :func:`~featsurv_plugins.survival_numerics.is_constant`, written out in place here.
+    The block weights were divided by each resample's token count N, so ``s`` holds the sums
+    over N: ``s0 = mean_x - shift_x``, ``s2 = (M2x + N (mean_x - shift_x)^2) / N``, and so on; r
+    is unchanged by the common 1/N. ``s`` is consumed (overwritten in place). The constant rule
+    is :func:`~featsurv_plugins.survival_numerics.is_constant` divided by N:
+    ``M2/N - CONST_REL mean^2 <= CONST_REL shift^2``.
     """
     import torch
 
-    inv_n = 1.0 / big_n
-    s0, s1, m2x, m2y, cxy = s.unbind(1)
-    tx, ty = s0.mul(inv_n), s1.mul(inv_n)
-    m2x.addcmul_(tx, s0, value=-1)
-    m2y.addcmul_(ty, s1, value=-1)
-    cxy.addcmul_(tx, s1, value=-1)
-    scale = big_n * CONST_REL
+    tx, ty, m2x, m2y, cxy = s.unbind(1)
+    m2x.addcmul_(tx, tx, value=-1)
+    m2y.addcmul_(ty, ty, value=-1)
+    cxy.addcmul_(tx, ty, value=-1)
     const = None
     for t, shift, m2 in ((tx, shift_x, m2x), (ty, shift_y, m2y)):
-        # is_constant(m2, N, mean = shift + t, ref = shift), in place on t
-        t.add_(shift).square_().add_(shift * shift).mul_(scale)
-        c = m2 <= t
+        mean = t.add_(shift)
+        torch.addcmul(m2, mean, mean, value=-CONST_REL, out=buf)
+        c = buf <= (shift * shift).mul_(CONST_REL)
         const = c if const is None else const.logical_or_(c)
-    r = m2x.mul_(m2y).rsqrt_().mul_(cxy).clamp_(-1.0, 1.0).masked_fill_(const, 0.0)
+    r = m2x.mul_(m2y).rsqrt_().mul_(cxy)
+    if not (-1.0 < damaged_below and survived_above < 1.0):  # only then can rounding past +-1 matter
+        r.clamp_(-1.0, 1.0)
+    r.masked_fill_(const, 0.0)
     surv = r > survived_above
-    dam = (r < damaged_below) & ~surv if damaged_below > survived_above else r < damaged_below
+    dam = r < damaged_below
+    if damaged_below > survived_above:
+        dam &= ~surv
     return surv.sum(1), dam.sum(1)
 
 
 def _default_chunk(device: Any) -> int:
-    return 1 << 16 if getattr(device, "type", "cpu") == "cpu" else 1 << 25
+    """Elements per ``[resamples, features]`` plane of a chunk (each chunk holds about eight)."""
+    return 1 << 22 if getattr(device, "type", "cpu") == "cpu" else 1 << 25
 
 
 def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: float = DEFAULT_SURVIVED_ABOVE,
@@ -129,18 +135,20 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
     p, shift_x, shift_y = _pooling_terms(n, m)
     del m
     weights = torch.from_numpy(resample_weights(resample_indices(n_blocks, n_resamples, seed))).to(dev)
-    big_n = weights @ torch.as_tensor(n, dtype=torch.float64).to(dev)
+    weights /= weights @ torch.as_tensor(n, dtype=torch.float64).to(dev)[:, None]  # sums over N
     chunk = chunk_elements or _default_chunk(dev)
-    width = max(1, min(d_act, chunk // n_resamples)) if chunk >= n_resamples else 1
-    rows = n_resamples if chunk >= n_resamples else max(1, chunk)
+    rows = min(n_resamples, max(1, chunk))
+    width = max(1, min(d_act, chunk // rows))
     surv = torch.zeros(n_resamples, dtype=torch.long, device=dev)
     dam = torch.zeros_like(surv)
+    buf = torch.empty((rows, width), dtype=torch.float64, device=dev)
     for j in range(0, d_act, width):
         pj = p[:, :, j:j + width].reshape(n_blocks, -1)
+        w = pj.shape[1] // 5
         for i in range(0, n_resamples, rows):
-            s = (weights[i:i + rows] @ pj).view(-1, 5, pj.shape[1] // 5)
-            cs, cd = _count_bands(s, big_n[i:i + rows, None], shift_x[j:j + width], shift_y[j:j + width],
-                                  survived_above, damaged_below)
+            s = (weights[i:i + rows] @ pj).view(-1, 5, w)
+            cs, cd = _count_bands(s, shift_x[j:j + w], shift_y[j:j + w], survived_above, damaged_below,
+                                  buf[:s.shape[0], :w])
             surv[i:i + rows] += cs
             dam[i:i + rows] += cd
     surv_n, dam_n = surv.cpu().numpy(), dam.cpu().numpy()
