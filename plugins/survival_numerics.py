@@ -112,10 +112,11 @@ def context_moments(x: Any, y: Any, sizes: Sequence[int]) -> tuple[list[int], An
     """Moments of every non-empty context of one batch: ``(counts, m [C, 5, d])`` in float64.
 
     ``x``, ``y`` are ``[tokens, d]`` (any float dtype, any device); context ``i`` owns the next
-    ``sizes[i]`` rows. One vectorised pass: each context is shifted by its own first row, then
-    ``index_add_`` sums the shifted values, squares and products per context. With that shift
-    ``sum (x - s)^2 <= (n + 1) M2``, so turning the sums into centred moments loses at most
-    ``log2(n + 1)`` bits: centred accuracy without a second pass over the data.
+    ``sizes[i]`` rows. One vectorised pass over the batch: the rows are copied to float64 and
+    each context is shifted by its own first row (in place, one slice per context), then
+    ``index_add_`` by context id sums the shifted values, squares and products of all contexts
+    at once. With that shift ``sum (x - s)^2 <= (n + 1) M2``, so turning the sums into centred
+    moments loses at most ``log2(n + 1)`` bits: centred accuracy without a second pass.
     """
     import torch
 
@@ -125,27 +126,28 @@ def context_moments(x: Any, y: Any, sizes: Sequence[int]) -> tuple[list[int], An
                          f"got {tuple(x.shape)} and {tuple(y.shape)}")
     counts = [s for s in sizes if s > 0]
     c, d, dev = len(counts), x.shape[1], x.device
-    if c == 0:
-        return [], torch.zeros((0, 5, d), dtype=torch.float64, device=dev)
     f64 = torch.float64
-    first = np.cumsum([0] + counts[:-1])
-    ctx = _context_index(tuple(counts), dev)
-    n = _col(np.asarray(counts, dtype=np.float64), torch.empty(0, dtype=f64, device=dev))  # [C, 1]
     out = torch.empty((c, 5, d), dtype=f64, device=dev)
-    sums = torch.zeros((5, c, d), dtype=f64, device=dev)  # sum(v - s) and the products, per context
-    first_t = torch.as_tensor(first, dtype=torch.long).to(dev)
+    if c == 0:
+        return [], out
+    starts = np.cumsum([0] + counts[:-1]).tolist()
+    ctx = _context_index(tuple(counts), dev)
+    sums = torch.zeros((5, c, d), dtype=f64, device=dev)  # sum(v - s), then the squares and product
     shifted = []
     for k, v in ((MEAN_X, x), (MEAN_Y, y)):
-        s = v.index_select(0, first_t).to(f64)                 # [C, d]: each context's first row
-        dv = torch.sub(v, s.index_select(0, ctx))               # [T, d] float64 (promoted)
+        dv = v.to(f64, copy=True)
+        for i, (a, n) in enumerate(zip(starts, counts)):
+            out[i, k] = dv[a]
+            dv[a:a + n] -= out[i, k]
         sums[k].index_add_(0, ctx, dv)
-        out[:, k] = s
         shifted.append(dv)
     dx, dy = shifted
-    buf = torch.empty_like(dx)
-    for k, (a, b) in ((M2X, (dx, dx)), (M2Y, (dy, dy)), (CXY, (dx, dy))):
-        sums[k].index_add_(0, ctx, torch.mul(a, b, out=buf))
-    # S1 = sum(v - s); mean = s + S1/n; M2 = S2 - S1^2/n; C = Sxy - S1x S1y / n
+    sums[CXY].index_add_(0, ctx, dx * dy)
+    sums[M2X].index_add_(0, ctx, dx.square_())
+    sums[M2Y].index_add_(0, ctx, dy.square_())
+    del dx, dy, shifted
+    # mean = s + S1/n; M2 = S2 - S1^2/n; C = Sxy - S1x S1y / n
+    n = _col(np.asarray(counts, dtype=np.float64), out)  # [C, 1]
     tx, ty = sums[MEAN_X] / n, sums[MEAN_Y] / n
     out[:, MEAN_X] += tx
     out[:, MEAN_Y] += ty
