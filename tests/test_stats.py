@@ -204,3 +204,103 @@ def test_feature_stats_and_explained_variance_against_numpy():
     ev.update(torch.tensor(x[80:]), torch.tensor(x_hat[80:]))
     expected = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert ev.result() == pytest.approx(expected, rel=1e-10)
+
+
+def test_feature_stats_from_csr_equal_dense():
+    import warnings as _w
+
+    rng = np.random.default_rng(7)
+    f = np.maximum(rng.normal(-1.0, 1.0, size=(300, 9)), 0).astype(np.float32)
+    f[:, 3] = 0.0                 # never fires
+    f[:, 4] = -np.abs(f[:, 4])    # stored negative values: not firing, peak stays 0
+    dense, sparse = FeatureStats(9), FeatureStats(9)
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        for a in range(0, 300, 128):
+            dense.update(torch.tensor(f[a:a + 128]))
+            sparse.update(torch.tensor(f[a:a + 128]).to_sparse_csr())
+    d_out, s_out = dense.result(), sparse.result()
+    assert np.array_equal(d_out["firing_rate"], s_out["firing_rate"])
+    np.testing.assert_allclose(s_out["mean_act"], f.astype(np.float64).mean(0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(s_out["peak_act"], d_out["peak_act"])
+    assert s_out["peak_act"][4] == 0.0 and s_out["firing_rate"][3] == 0.0
+
+
+def test_explained_variance_with_a_large_offset():
+    rng = np.random.default_rng(8)
+    x = 1e4 + rng.normal(size=(500, 3))
+    x_hat = x + 0.1 * rng.normal(size=(500, 3))
+    ev = ExplainedVariance(3)
+    for a in range(0, 500, 64):
+        ev.update(torch.tensor(x[a:a + 64]), torch.tensor(x_hat[a:a + 64]))
+    expected = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert ev.result() == pytest.approx(expected, rel=1e-10)
+    assert np.isnan(ExplainedVariance(3).result())
+
+
+class _LinearSAE:
+    def __init__(self, w, b):
+        self.w, self.b = w, b
+        self.calls = []
+
+    def decode(self, f):
+        self.calls.append(f.layout)
+        return f @ self.w + self.b
+
+
+class _DenseOnlySAE(_LinearSAE):
+    def decode(self, f):
+        self.calls.append(f.layout)
+        return f.to_dense() * 0 + 1 if f.layout != torch.strided else f @ self.w  # wrong on sparse
+
+
+def test_sparse_decode_used_only_when_it_matches_the_dense_decode():
+    import warnings as _w
+
+    from featsurv.stats import SparseDecode
+
+    rng = np.random.default_rng(9)
+    w = torch.tensor(rng.normal(size=(20, 4)), dtype=torch.float32)
+    b = torch.tensor(rng.normal(size=4), dtype=torch.float32)
+    f = torch.relu(torch.tensor(rng.normal(-1, 1, size=(16, 20)), dtype=torch.float32))
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        csr = f.to_sparse_csr()
+    good = SparseDecode(_LinearSAE(w, b))
+    first = good(f, csr)
+    second = good(f, csr)
+    assert good.sparse_ok is True and good.sae.calls == [torch.strided, torch.sparse_csr, torch.sparse_csr]
+    torch.testing.assert_close(second, f @ w + b)
+    torch.testing.assert_close(first, f @ w + b)
+    bad = SparseDecode(_DenseOnlySAE(w, b))
+    bad(f, csr)
+    bad(f, csr)
+    assert bad.sparse_ok is False and bad.sae.calls[-1] == torch.strided
+
+
+@pytest.mark.parametrize("kind", ["standard", "topk-embedded"])
+def test_sparse_decode_of_sae_lens_saes(kind, tmp_path):
+    """A standard sae-lens SAE decodes CSR input; the embedded TopK SAE (rescaled by decoder norms)
+    cannot, and falls back to the dense decode."""
+    import warnings as _w
+
+    from featsurv.data_paths import resolve
+    from featsurv.loading import load_sae
+    from featsurv.plugins import get_registry
+    from featsurv.stats import SparseDecode
+    from featsurv.testing import write_exact_sae
+
+    spec = (str(write_exact_sae(tmp_path / "sae", 16, "blocks.0.hook_resid_post")) if kind == "standard"
+            else resolve("featsurv:saes/featsurv-tiny/blocks.1.hook_resid_post"))
+    sae = load_sae(get_registry(), spec)
+    x = torch.randn(64, sae.d_in)
+    with torch.no_grad():
+        f = sae.encode(x)
+        with _w.catch_warnings():
+            _w.simplefilter("ignore")
+            csr = f.to_sparse_csr()
+        dec = SparseDecode(sae)
+        dec(f, csr)
+        out = dec(f, csr)
+        torch.testing.assert_close(out, sae.decode(f), rtol=1e-4, atol=1e-5)
+    assert dec.sparse_ok is (kind == "standard")
