@@ -1,6 +1,7 @@
 """featsurv's audit against the bare limit and the reference study's loop, on one machine.
 
     .venv/bin/python benchmarks/bench_limit.py [--reps 3] [--work DIR] [--device cpu] [--quick]
+        [--parts interleaved,startup,memory,widths,compare] [--json FILE]
 
 Builds its own workload (benchmarks/limit_workload.py: a Pythia-70M-shaped random GPT-NeoX,
 vocab 50304; standard ReLU SAEs of widths 4096..65536 at blocks.3.hook_resid_post; contexts of
@@ -211,11 +212,9 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M"), "load_at_start": os.getloadavg()}
 
 
-def report(res: dict) -> str:
+def _interleaved_lines(res: dict) -> list[str]:
     m, r = res["interleaved"]["medians"], res["interleaved"]["ratios"]
-    lines = [f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']}, "
-             f"load at start {res['machine']['load_at_start'][0]:.1f}", "",
-             f"{'program':10s} {'wall s':>8s} {'cpu s':>8s} {'compute s':>10s} {'per config s':>13s} {'peak MiB':>9s}"]
+    lines = [f"{'program':10s} {'wall s':>8s} {'cpu s':>8s} {'compute s':>10s} {'per config s':>13s} {'peak MiB':>9s}"]
     for n, v in m.items():
         lines.append(f"{n:10s} {v['wall_s']:8.1f} {v['cpu_s']:8.1f} {v['compute_s']:10.1f} {v['per_config_s']:13.2f} "
                      f"{v['peak_rss_mib']:9.0f}")
@@ -223,6 +222,14 @@ def report(res: dict) -> str:
     lines += [f"  {k:28s} {v['median']:.3f}   {', '.join(f'{x:.3f}' for x in v['all'])}" for k, v in r.items()]
     loads = [x for runs in res["interleaved"]["runs"].values() for run_ in runs for x in run_["load"]]
     lines.append(f"  load average during the runs: {min(loads):.1f} .. {max(loads):.1f}")
+    return lines
+
+
+def report(res: dict) -> str:
+    lines = [f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']}, "
+             f"load at start {res['machine']['load_at_start'][0]:.1f}", ""]
+    if "interleaved" in res:
+        lines += _interleaved_lines(res)
     if "startup" in res:
         s = res["startup"]
         lines.append(f"\nstart-up: featsurv --help {s['help_s']:.2f} s; launch to first FP batch {s['first_fp_batch_s']:.1f} s")
@@ -243,6 +250,48 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+PARTS = ("interleaved", "startup", "memory", "widths", "compare")
+
+
+def measure(args, parts: tuple[str, ...], ws: tuple[int, ...]) -> dict:
+    """Run the chosen parts of the benchmark; returns the result dict (without targets)."""
+    res: dict = {"machine": machine(), "command": " ".join(audit_cmd(args.work, Path("OUT")))}
+    with tempfile.TemporaryDirectory(prefix="bench-limit-") as tmp:
+        scratch = Path(tmp)
+        if "interleaved" in parts:
+            print("interleaved runs:", flush=True)
+            res["interleaved"] = interleaved(args.work, scratch, args.reps, args.device)
+        if "startup" in parts:
+            print("start-up ...", flush=True)
+            res["startup"] = startup(args.work, scratch, args.device)
+        if "memory" in parts:
+            print("memory ...", flush=True)
+            res["memory"] = memory(args.work, scratch, args.device,
+                                   tuple(int(t) for t in args.memory_tokens.split(",")))
+        if "widths" in parts:
+            print("widths ...", flush=True)
+            res["widths"] = widths(args.work, scratch, args.device, ws)
+        if "compare" in parts:
+            print("compare ...", flush=True)
+            res["compare"] = compare_passes(args.work, scratch, args.device)
+    return res
+
+
+def targets(res: dict) -> dict[str, bool]:
+    out = {}
+    if "interleaved" in res:
+        r = res["interleaved"]["ratios"]
+        out.update({"audit <= 1.15x limit (wall)": r["audit/limit wall"]["median"] <= 1.15,
+                    "audit <= 1.15x limit (cpu)": r["audit/limit cpu"]["median"] <= 1.15,
+                    "reference >= 1.8x audit (wall)": r["reference/audit wall"]["median"] >= 1.8})
+    if "memory" in res:
+        t0, t1 = res["memory"]["tokens"]
+        out[f"peak RSS {t1}/{t0} tokens <= 1.1"] = res["memory"]["ratio_65k_16k"] <= 1.1
+    if "widths" in res:
+        out["per-config cost sub-linear in width"] = res["widths"]["audit_exponent"] < 1.0
+    return out
+
+
 def main() -> int:
     global TOKENS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -250,41 +299,26 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="only the interleaved comparison")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run (of {', '.join(PARTS)})")
+    p.add_argument("--json", type=Path, default=None, help="where to write the result (WORK/bench_limit.json)")
     p.add_argument("--widths", default=",".join(str(w) for w in W.WIDTHS))
     p.add_argument("--tokens", type=int, default=TOKENS, help="audit tokens of the interleaved runs (4096)")
     p.add_argument("--memory-tokens", default="16384,65536")
     args = p.parse_args()
     TOKENS = args.tokens
     ws = tuple(int(w) for w in args.widths.split(","))
+    parts = ("interleaved",) if args.quick else tuple(x for x in args.parts.split(",") if x)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"unknown parts {unknown}; allowed: {', '.join(PARTS)}")
     print(f"building the workload in {args.work} ...", flush=True)
     W.build(args.work, tuple(sorted(set(ws) | {16384})))
     run([FEATSURV, "--help"])  # warm the page cache of the libraries
-    res: dict = {"machine": machine(), "command": " ".join(audit_cmd(args.work, Path("OUT")))}
-    with tempfile.TemporaryDirectory(prefix="bench-limit-") as tmp:
-        scratch = Path(tmp)
-        print("interleaved runs:", flush=True)
-        res["interleaved"] = interleaved(args.work, scratch, args.reps, args.device)
-        if not args.quick:
-            print("start-up ...", flush=True)
-            res["startup"] = startup(args.work, scratch, args.device)
-            print("memory ...", flush=True)
-            res["memory"] = memory(args.work, scratch, args.device,
-                                   tuple(int(t) for t in args.memory_tokens.split(",")))
-            print("widths ...", flush=True)
-            res["widths"] = widths(args.work, scratch, args.device, ws)
-            print("compare ...", flush=True)
-            res["compare"] = compare_passes(args.work, scratch, args.device)
-    r = res["interleaved"]["ratios"]
-    res["targets"] = {"audit <= 1.15x limit (wall)": r["audit/limit wall"]["median"] <= 1.15,
-                      "audit <= 1.15x limit (cpu)": r["audit/limit cpu"]["median"] <= 1.15,
-                      "reference >= 1.8x audit (wall)": r["reference/audit wall"]["median"] >= 1.8}
-    if "memory" in res:
-        res["targets"]["peak RSS 65k/16k <= 1.1"] = res["memory"]["ratio_65k_16k"] <= 1.1
-    if "widths" in res:
-        res["targets"]["per-config cost sub-linear in width"] = res["widths"]["audit_exponent"] < 1.0
+    res = measure(args, parts, ws)
+    res["targets"] = targets(res)
     text = report(res)
     print("\n" + text)
-    (args.work / "bench_limit.json").write_text(json.dumps(res, indent=1, default=str))
+    (args.json or args.work / "bench_limit.json").write_text(json.dumps(res, indent=1, default=str))
     return 0
 
 
