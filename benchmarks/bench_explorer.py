@@ -101,7 +101,7 @@ def audit(options: dict, enabled: bool):
 
 
 def case(name: str, options: dict) -> dict:
-    from featsurv.explorer.page import build_explorer
+    from featsurv_plugins.explorer.page import build_explorer
     from featsurv.runs import finish
 
     (base_wall, base_cpu), _, _, _ = audit(options, False)

@@ -168,6 +168,10 @@ class LoadedSAE:
     #: The SAE's Neuronpedia id (sae-lens ``cfg.metadata.neuronpedia_id``, e.g. ``gpt2-small/0-res-jb``):
     #: feature N's page is https://neuronpedia.org/{neuronpedia_id}/N.
     neuronpedia_id: str | None = None
+    #: What the SAE's metadata records of its firing where it was trained, where it does:
+    #: ``{"l0": mean active features per token, "dead_fraction": ..., "source": "where from"}``.
+    #: The fit check compares the audit's FP firing with it (featsurv/firing_profile.py).
+    expected_profile: dict[str, Any] = field(default_factory=dict)
 
     def encode(self, x: "torch.Tensor") -> "torch.Tensor":
         return self.sae.encode(x)

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from .errors import FeatsurvError
+from .firing_profile import check_profile
 from .stats import ExplainedVariance
 from .workbench import Workbench
 
@@ -88,6 +89,7 @@ def check_fit(bench: Workbench, neighbour_ev: dict[str, dict[str, float]]) -> No
         shown = ", ".join(f"{nb} {v:.3f}" for nb, v in others.items())
         bench.progress(f"fit check {hook}: explained variance {ev:.3f} (threshold {o.min_explained_variance})"
                        + (f"; at neighbours {shown}" if shown else ""))
+        state.fit["firing_profile"] = check_profile(bench, hook, state)
         if not ev >= o.min_explained_variance:
             raise FeatsurvError(
                 f"SAE {state.sae.spec!r} explains only {ev:.3f} of the variance of FP activations at "

@@ -59,6 +59,11 @@ def _finite(lo: float = -math.inf, hi: float = math.inf) -> Callable[[Any], str 
     return check
 
 
+def _l0_ratio(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v == 0 or v >= 1)
+    return None if ok else "0 (no check) or a finite number of 1 or more"
+
+
 def _device(v: Any) -> str | None:
     import re
 
@@ -100,6 +105,7 @@ class AuditOptions:
     scope: tuple[str, ...] = rule(_scope, ("attn", "mlp"))
     min_explained_variance: float = rule(_finite(-math.inf, 1.0), 0.5)
     fit_margin: float = rule(_finite(0.0, 1.0), 0.01)
+    max_l0_ratio: float = rule(_l0_ratio, 3.0)
     calibration_tokens: int = rule(_int_range(0), 0)
     trust_remote_code: bool = False
     center_activations: bool = False

@@ -30,6 +30,7 @@ from .errors import FeatsurvError
 SURVIVED = "survived"  # the summary fields the targets are read from (as `featsurv gate` does)
 MEAN_R = "mean_r"  # breaks ties between settings with the same survived fraction (budget search)
 PPL_CHANGE = "perplexity_change"
+WATCHED_N, WATCHED_SURVIVED_N = "watched_n", "watched_survived_n"  # per entry, from a watch list (--watch)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Goal:
     budget: float | None = None
     max_ppl_change: float | None = None
     max_steps: int = 32
+    min_watched_survival: float | None = None
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Step:
     feasible: bool | None = None
     accepted: bool | None = None
     label: str = ""
+    watched: float | None = None  # survived fraction of the watch list's features (all hook points)
     outcome: Outcome | None = field(default=None, repr=False)
 
     def worst(self) -> float:
@@ -70,13 +73,19 @@ class Step:
     def as_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "action": self.action, "label": self.label, "levels": self.levels,
                 "average": self.average, SURVIVED: self.survived, MEAN_R: self.mean_r, PPL_CHANGE: self.perplexity_change,
-                "feasible": self.feasible, "accepted": self.accepted}
+                "watched_survived": self.watched, "feasible": self.feasible, "accepted": self.accepted}
 
 
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     return float(v) if math.isfinite(v) else None
+
+
+def watched_fraction(entries: Sequence[dict[str, Any]]) -> float | None:
+    """Survived fraction of the watched features over every hook point (None: no watch list)."""
+    n = sum(int(e.get(WATCHED_N) or 0) for e in entries)
+    return sum(int(e.get(WATCHED_SURVIVED_N) or 0) for e in entries) / n if n else None
 
 
 class Planner:
@@ -111,7 +120,10 @@ class Planner:
                                 "'survived' (see `featsurv plugins`)")
         step = Step(kind, action, levels, average, {e["hook"]: _num(e.get(SURVIVED)) for e in entries},
                     _num(entries[0].get(PPL_CHANGE)), {e["hook"]: _num(e.get(MEAN_R)) for e in entries},
-                    label=outcome.label, outcome=outcome)
+                    label=outcome.label, outcome=outcome, watched=watched_fraction(entries))
+        if self.goal.min_watched_survival is not None and step.watched is None:
+            raise FeatsurvError("--min-watched-survival needs a watch list whose features the run measures",
+                                hint="Pass --watch FILE (hook,feature lines) with the audited hook points")
         step.feasible = None if kind == "attribution" else self.feasible(step)  # one group alone: no plan
         self.path.append(step)
         return step
@@ -119,6 +131,8 @@ class Planner:
     def feasible(self, step: Step) -> bool:
         g = self.goal
         if g.max_ppl_change is not None and (step.perplexity_change is None or step.perplexity_change > g.max_ppl_change):
+            return False
+        if g.min_watched_survival is not None and not (step.watched or 0.0) >= g.min_watched_survival:
             return False
         if g.min_survival is not None:
             return step.worst() >= g.min_survival
@@ -260,6 +274,10 @@ def check_goal(goal: Goal, planner_cost: Any, values: Sequence[Any], knob: str) 
                                 hint="Raise the budget or pass --values with more compressed values")
     if goal.max_ppl_change is not None and not math.isfinite(goal.max_ppl_change):
         raise FeatsurvError(f"Bad --max-ppl-change {goal.max_ppl_change}", allowed="a finite number (0.05 = +5%)")
+    w = goal.min_watched_survival
+    if w is not None and not (isinstance(w, (int, float)) and 0.0 <= w <= 1.0):
+        raise FeatsurvError(f"Bad --min-watched-survival {w}", allowed="a fraction in [0, 1]",
+                            hint="--min-watched-survival 1.0 keeps every watched feature")
     if goal.max_steps < 0:
         raise FeatsurvError(f"Bad --max-steps {goal.max_steps}", allowed="a whole number of 0 or more")
 
@@ -303,6 +321,13 @@ def verdict(planner: Planner, status: str, plan: Step | None, uniform: list[Step
             f"at its worst hook point; uniform {k}={near.average:g} keeps {_pct(near.worst())}")
 
 
+def watched_clause(goal: Goal, plan: Step | None) -> str:
+    """The verdict's words on the watch list's target, when there is one."""
+    if goal.min_watched_survival is None or plan is None:
+        return ""
+    return f"; {_pct(plan.watched)} of the watched features survive (target {_pct(goal.min_watched_survival)})"
+
+
 def plan_summary(planner: Planner, status: str, plan: Step | None, uniform: list[Step],
                  attribution: dict[str, Step], by: str) -> dict[str, Any]:
     """summary.json's ``plan`` section: settings, outcome, final comparison, the whole search path."""
@@ -312,11 +337,11 @@ def plan_summary(planner: Planner, status: str, plan: Step | None, uniform: list
     final = None
     if plan is not None:
         final = {name: {"label": s.label, "average": s.average, SURVIVED: s.survived, MEAN_R: s.mean_r,
-                        PPL_CHANGE: s.perplexity_change} for name, s in (("plan", plan), ("uniform", near))}
+                        PPL_CHANGE: s.perplexity_change, "watched_survived": s.watched} for name, s in (("plan", plan), ("uniform", near))}
     best = [s for s in uniform if s.feasible and planner.goal.min_survival is not None]
     return {"compressor": planner.comp.name, "params": planner.base, "knob": planner.knob, "values": planner.values,
             "by": by, "goal": asdict(planner.goal), "status": status,
-            "message": verdict(planner, status, plan, uniform),
+            "message": verdict(planner, status, plan, uniform) + watched_clause(planner.goal, plan),
             "setting": plan.levels if plan is not None else None,
             "average": plan.average if plan is not None else None,
             "uniform_best": best[-1].average if best else None,

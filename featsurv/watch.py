@@ -232,9 +232,10 @@ def gate_lines(section: dict[str, Any], min_watched_survival: float = 1.0) -> li
 
 
 def thresholds(summary: dict[str, Any]) -> dict[str, float]:
-    """The run's band thresholds: summary ``metric_options.survival`` (older runs: ``options``)."""
+    """The run's band thresholds: the metric options that define ``survived_above`` (older runs: ``options``)."""
     summary = summary or {}
-    opts = ((summary.get("metric_options") or {}).get("survival") or summary.get("options") or {})
+    opts = next((o for o in (summary.get("metric_options") or {}).values()
+                 if isinstance(o, dict) and "survived_above" in o), None) or summary.get("options") or {}
     return {"survived_above": float(opts.get("survived_above", 0.9)),
             "damaged_below": float(opts.get("damaged_below", 0.5))}
 

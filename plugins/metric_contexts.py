@@ -31,14 +31,14 @@ class FPContexts:
     k: int
     window: int
     context_length: int
-    entries: Any  # featsurv.explorer.topk.TopKEntries; payload: fp_window [n, W], ids [n, W]
+    entries: Any  # featsurv_plugins.explorer.topk.TopKEntries; payload: fp_window [n, W], ids [n, W]
     tokenizer: Any = None
     cache: dict[str, Any] = field(default_factory=dict)  # decoded tokens, FP rows (shared by configurations)
 
 
 class ContextsFPAccumulator(FPAccumulator):
     def __init__(self, d_sae: int, k: int, window: int):
-        from featsurv.explorer.topk import StreamingTopK
+        from featsurv_plugins.explorer.topk import StreamingTopK
 
         self.d_sae, self.k, self.window = d_sae, k, window
         self.topk = StreamingTopK(d_sae, k)
@@ -46,7 +46,7 @@ class ContextsFPAccumulator(FPAccumulator):
         self.tokenizer = None
 
     def update(self, fp: Any, batch: Any) -> None:
-        from featsurv.explorer.topk import BatchLayout, gather_rows
+        from featsurv_plugins.explorer.topk import BatchLayout, gather_rows
 
         layout = BatchLayout(batch)
         self.context_length = layout.context_length
@@ -67,7 +67,7 @@ class ContextsAccumulator(FeatureAccumulator):
     def __init__(self, d_sae: int, fp_result: FPContexts, min_firing_rate: float = 0.001):
         import numpy as np
 
-        from featsurv.explorer.topk import StreamingTopK
+        from featsurv_plugins.explorer.topk import StreamingTopK
 
         self.fp = fp_result
         e = fp_result.entries
@@ -82,7 +82,7 @@ class ContextsAccumulator(FeatureAccumulator):
     def update(self, fp: Any, compressed: Any, batch: Any) -> None:
         import numpy as np
 
-        from featsurv.explorer.topk import BatchLayout, gather_rows
+        from featsurv_plugins.explorer.topk import BatchLayout, gather_rows
 
         layout = BatchLayout(batch)
         e, c, w = self.fp.entries, layout.context_length, self.fp.window
@@ -231,7 +231,7 @@ class Contexts(Metric):
         return ContextsAccumulator(d_sae, fp_result, float(survival.get("min_firing_rate", 0.001)))
 
     def report_sections(self, run: Any) -> list[ReportSection]:
-        from featsurv.explorer.page import explorer_section
+        from featsurv_plugins.explorer.page import explorer_section
 
         section = explorer_section(run)
         return [section] if section is not None else []
@@ -244,6 +244,6 @@ def register_metrics(register):
 
 @hookimpl
 def register_commands(cli):
-    from featsurv.explorer.terminal import features_command
+    from featsurv_plugins.explorer.terminal import features_command
 
     cli.add_command(features_command)

@@ -154,7 +154,35 @@ class SaeLensSource(SAESource):
             sae=sae, spec=spec, hook_name=meta.get("hook_name"), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
             model_name=meta.get("model_name"), context_size=meta.get("context_size"),
             prepend_bos=meta.get("prepend_bos"), architecture=sae.cfg.architecture(), source=self.name,
-            neuronpedia_id=meta.get("neuronpedia_id"))
+            neuronpedia_id=meta.get("neuronpedia_id"), expected_profile=_expected_profile(raw, path, meta, sae))
+
+
+def _expected_profile(raw: str, path: Path, meta: Any, sae: Any) -> dict[str, Any]:
+    """What the SAE's metadata records of its firing (L0, dead fraction), where it does."""
+    held = meta.get("featsurv_heldout_eval") or {}
+    if isinstance(held, dict) and held.get("l0"):
+        return {"l0": float(held["l0"]), "dead_fraction": held.get("dead_fraction"),
+                "source": "cfg.json metadata.featsurv_heldout_eval"}
+    out: dict[str, Any] = {}
+    l0 = meta.get("l0")
+    if isinstance(l0, (int, float)) and l0 > 0:
+        out = {"l0": float(l0), "source": "cfg.json metadata.l0"}
+        dead = meta.get("num_dead_features")
+        if isinstance(dead, (int, float)) and sae.cfg.d_sae:
+            out["dead_fraction"] = float(dead) / sae.cfg.d_sae
+        return out
+    if not path.is_dir():
+        release, _, sae_id = raw.partition(":")
+        try:
+            from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+            lookup = get_pretrained_saes_directory().get(release)
+        except Exception:  # an older or newer sae-lens without the directory: no recorded profile
+            lookup = None
+        l0 = (lookup.expected_l0 or {}).get(sae_id) if lookup is not None else None
+        if isinstance(l0, (int, float)) and l0 > 0:  # sae-lens records 0 when the release gives none
+            out = {"l0": float(l0), "source": f"sae-lens pretrained directory ({release})"}
+    return out
 
 
 @hookimpl

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from featsurv import Batch
-from featsurv.explorer.topk import StreamingTopK, dense_topk
+from featsurv_plugins.explorer.topk import StreamingTopK, dense_topk
 from featsurv_plugins.metric_contexts import COLUMNS, Contexts
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -70,7 +70,7 @@ def dense_window(values, keep, ctx, pos, feat, w):
 @pytest.fixture(params=["numpy", "torch"])
 def backend(request, monkeypatch):
     """Both merge paths: NumPy (CPU tensors) and torch (other devices; run here on the CPU)."""
-    from featsurv.explorer import topk
+    from featsurv_plugins.explorer import topk
 
     monkeypatch.setattr(topk, "NUMPY_ON_CPU", request.param == "numpy")
     return request.param
@@ -248,7 +248,7 @@ def test_run_directory_holds_the_contexts_table(real_run):
 
 
 def test_features_command(real_run):
-    from featsurv.explorer.terminal import features_command
+    from featsurv_plugins.explorer.terminal import features_command
 
     out, result, contexts = real_run
     fp = contexts[contexts["kind"] == "fp_top"]

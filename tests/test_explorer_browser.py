@@ -100,7 +100,7 @@ def small(tmp_path_factory, tiny_models, tiny_sae, tiny_corpus):
     """A tiny GPT-NeoX audited at two strengths with the contexts metric, plus a Neuronpedia id
     and a watch list in its summary; the page written beside it."""
     from featsurv.audit import AuditOptions
-    from featsurv.explorer.page import write_explorer
+    from featsurv_plugins.explorer.page import write_explorer
     from featsurv.watch import watched_section
 
     model = tiny_models["gpt_neox"]
@@ -244,7 +244,7 @@ def test_scatter_hover_and_click(browser, small, tmp_path):
 
 # --------------------------------------------------------------------------- 16k features
 def test_a_16k_feature_run_renders_under_10_mb(browser, tmp_path):
-    from featsurv.explorer.page import build_explorer
+    from featsurv_plugins.explorer.page import build_explorer
 
     run, contexts = synthetic_run(d_sae=16384)
     t0 = time.time()

@@ -301,3 +301,61 @@ def test_group_keys_of_every_grouping():
     assert parse_by("type, layer") == "layer,type"
     with pytest.raises(FeatsurvError, match="'head'"):
         parse_by("head")
+
+
+# --------------------------------------------------------------------------- watch-list targets
+@pytest.fixture(scope="module")
+def watched_plan(fragile_args, tmp_path_factory):
+    """Watch features that survive uniform bits=8 but not bits=2; plan with a target every setting meets
+    (--min-survival 0) and --min-watched-survival 1.0."""
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("wplan")
+    probe = CliRunner().invoke(cli, ["audit", "rtn", "-p", "bits=2,8", *fragile_args, "--out", str(root / "probe")])
+    assert probe.exit_code == 0, probe.output
+    df = pd.read_parquet(root / "probe" / "features.parquet")
+    r = df[df["active"]].pivot_table(index="feature", columns="config", values="r")
+    chosen = r[(r["rtn int8"] > 0.9) & (r["rtn int2"] <= 0.9)].index[:3].tolist()
+    assert len(chosen) == 3
+    wfile = root / "watch.txt"
+    wfile.write_text("".join(f"{HOOK},{f}\n" for f in chosen))
+    res = CliRunner().invoke(cli, ["plan", "rtn", "--values", "2,4,8", "--min-survival", "0", "--by", "layer",
+                                   "--watch", str(wfile), "--min-watched-survival", "1.0", *fragile_args,
+                                   "--out", str(root / "plan")])
+    assert res.exit_code == 0, res.output
+    return root / "plan", chosen
+
+
+def test_a_watched_target_keeps_every_watched_feature(watched_plan):
+    out, chosen = watched_plan
+    summary = _summary(out)
+    plan = summary["plan"]
+    assert plan["goal"]["min_watched_survival"] == 1.0
+    assert plan["final"]["plan"]["watched_survived"] == 1.0 and plan["average"] > 2
+    for step in plan["path"]:
+        if step["kind"] != "attribution":
+            assert step["feasible"] == (step["watched_survived"] >= 1.0), step
+    assert "of the watched features survive (target 100.0%)" in plan["message"]
+
+
+def test_each_steps_watched_count_equals_the_features_table(watched_plan):
+    """The per-entry counts the search reads (metric watch's entry) against the watched section
+    computed from features.parquet (featsurv.watch.watched_section), configuration by configuration."""
+    out, chosen = watched_plan
+    summary = _summary(out)
+    by_config = {c["config"]: c for c in summary["watched"]["configs"]}
+    entries = [e for e in summary["results"] if e["hook"] == HOOK]
+    assert entries and all(e["label"] in by_config for e in entries)
+    for e in entries:
+        c = by_config[e["label"]]
+        assert (e["watched_n"], e["watched_survived_n"]) == (c["n"], c["n_survived"]) == (3, c["n_survived"])
+
+
+def test_a_watched_target_without_a_watch_list_is_refused(fragile_args, tmp_path):
+    res = CliRunner().invoke(cli, ["plan", "rtn", "--values", "2,8", "--min-survival", "0", "--by", "layer",
+                                   "--min-watched-survival", "1.0", *fragile_args, "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "--watch FILE" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "p").exists()
+    bad = CliRunner().invoke(cli, ["plan", "rtn", "--values", "2,8", "--min-survival", "0",
+                                   "--min-watched-survival", "1.5", *fragile_args, "--out", str(tmp_path / "q")])
+    assert bad.exit_code == 2 and "--min-watched-survival 1.5" in bad.output, bad.output

@@ -39,6 +39,7 @@ HOST_OPTIONS: list[tuple[list[str], dict[str, Any]]] = [
     opt(["--scope"], default=None, help="Weights to compress: comma list of attn, mlp, embed, lm_head (default attn,mlp)."),
     opt(["--min-explained-variance"], type=float, default=None, help="Fit check threshold (default 0.5; 0 or less disables the fit check)."),
     opt(["--fit-margin"], type=float, default=None, help="Fit check: stop when the SAE fits a neighbouring hook point within this of its own (default 0.01)."),
+    opt(["--max-l0-ratio"], type=float, default=None, help="Fit check: stop when the FP L0 differs from the L0 the SAE's metadata records by more than this factor (default 3; 0 disables)."),
     opt(["--calibration-tokens"], type=int, default=None, help="Tokens after the audit tokens set aside for data-aware compressors (default 8192 when one needs them)."),
     opt(["--metric", "metrics"], multiple=True, help="Also run this metric plugin."),
     opt(["--metric-option", "metric_option_items"], multiple=True, metavar="METRIC.KEY=VALUE",

@@ -21,6 +21,8 @@ from .common import add_metric_options, audit_options, build_options, progress_f
                    "keeping as many features as the search finds.")
 @click.option("--max-ppl-change", type=float, default=None,
               help="Also keep the relative perplexity change at most this (0.05 = +5%).")
+@click.option("--min-watched-survival", type=float, default=None,
+              help="Also keep at least this fraction of the watch list's features surviving (needs --watch FILE).")
 @click.option("--by", default="layer,type", show_default=True,
               help="Groups of weight matrices: layer, type (attn, mlp), matrix, or layer,type.")
 @click.option("--max-steps", type=int, default=32, show_default=True,
@@ -29,7 +31,8 @@ from .common import add_metric_options, audit_options, build_options, progress_f
               help="Also write the plan file here (it is always written as plan.toml in the result folder).")
 @audit_options
 def plan_cmd(compressor: str, params: tuple[str, ...], knob: str | None, values: str | None,
-             min_survival: float | None, budget: float | None, max_ppl_change: float | None, by: str,
+             min_survival: float | None, budget: float | None, max_ppl_change: float | None,
+             min_watched_survival: float | None, by: str,
              max_steps: int, plan_out: str | None, **kwargs) -> None:
     """Choose COMPRESSOR's knob per group of weights, verified by measurement.
 
@@ -52,7 +55,7 @@ def plan_cmd(compressor: str, params: tuple[str, ...], knob: str | None, values:
     if len(grid) != 1:
         raise FeatsurvError("plan takes one value of each fixed parameter, not a sweep", hint="Give each -p one value")
     options, _ = build_options(kwargs)
-    goal = Goal(min_survival, budget, max_ppl_change, max_steps)
+    goal = Goal(min_survival, budget, max_ppl_change, max_steps, min_watched_survival)
     session = AuditSession(options, registry, progress_for(kwargs["quiet"]))
     vals = [v.strip() for v in values.split(",") if v.strip()] if values else None
     result = run_plan(options, compressor, grid[0], goal, knob=knob, values=vals, by=by,

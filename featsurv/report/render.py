@@ -9,6 +9,7 @@ from typing import Any
 
 from ..results import write_bytes_atomic, write_text_atomic
 from . import html as H
+from .fit_table import fit_section
 
 REPORT_FILE = "report.html"
 
@@ -122,6 +123,7 @@ def write_report(result: Any, out_dir: str | Path | None = None, top_n: int = 10
     for i, s in enumerate(sections):
         if s.order >= 10:
             body += [f'<section id="s-{i}"><h2>{H.esc(s.title)}</h2>', s.html, "</section>"]
+    body.append(fit_section(summary))
     body += ["<h2>Run</h2>", H.table(["key", "value"], _run_facts(result.run or {}), left=(0, 1)),
              "<details><summary>run.json</summary>" + H.pre_json(result.run or {}) + "</details>",
              "<details><summary>baseline</summary>" + H.pre_json(summary.get("baseline") or {}) + "</details>"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..errors import FeatsurvError
+from featsurv.errors import FeatsurvError
 
 MARK = ("[[", "]]")
 STATS = ("firing_rate", "mean_act", "peak_act", "decoder_norm", "encoder_norm", "encoder_bias", "threshold")
@@ -185,7 +185,7 @@ def features_command(result_dir: str, feature_ids: tuple[int, ...], worst: int |
                      config: str | None, n_contexts: int, as_json: bool) -> None:
     """Show features of a finished run: FP statistics, r per configuration, and top-activating
     contexts under FP and under compression (the activating token between [[ and ]])."""
-    from ..results import RunResult
+    from featsurv.results import RunResult
 
     run = RunResult.load(result_dir)
     records = feature_records(run, feature_ids, worst, hook, config, n_contexts)

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ..base import ReportSection
+from featsurv.base import ReportSection
 
 EXPLORER_FILE = "explorer.html"
 SHOWN = 8  # contexts per feature and kind embedded in the page
@@ -296,7 +296,7 @@ def _watched(summary: dict[str, Any], hooks: list[str]) -> list[list[Any]]:
 
 def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tuple[dict[str, Any], Any]:
     """The page's data without its contexts, and the shown contexts as arrays (or None)."""
-    from ..watch import thresholds
+    from featsurv.watch import thresholds
 
     features = run.features
     summary = run.summary or {}
@@ -402,7 +402,7 @@ def build_explorer(run: Any, contexts: Any = None, *, shown: int = SHOWN, budget
 
 def write_explorer(run: Any, out_dir: str | Path, **kwargs: Any) -> Path:
     """Write explorer.html into ``out_dir`` (atomically); return its path."""
-    from ..results import write_text_atomic
+    from featsurv.results import write_text_atomic
 
     page, _ = build_explorer(run, **kwargs)
     path = Path(out_dir) / EXPLORER_FILE
