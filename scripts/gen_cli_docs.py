@@ -1,6 +1,7 @@
 """Regenerate docs/cli.md from the commands' own help: `python scripts/gen_cli_docs.py`.
 
-tests/test_docs.py fails when docs/cli.md is out of date with the CLI.
+`--check` exits 1 when docs/cli.md is out of date with the CLI (tests/test_docs.py runs it in a
+fresh process, so commands invoked directly by other tests cannot change the help it sees).
 """
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def render() -> str:
 
 def main() -> int:
     target = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    if "--check" in sys.argv[1:]:  # exit 1 when docs/cli.md differs from the CLI (tests/test_docs.py)
+        if target.read_text(encoding="utf-8") != render():
+            print(f"{target} is stale: run `python scripts/gen_cli_docs.py`", file=sys.stderr)
+            return 1
+        return 0
     target.write_text(render(), encoding="utf-8")
     print(target)
     return 0

@@ -248,19 +248,19 @@ def test_run_directory_holds_the_contexts_table(real_run):
 
 
 def test_features_command(real_run):
-    from featsurv_plugins.explorer.terminal import features_command
+    from featsurv.cli import cli  # through the group: invoking the command alone changes its cached help option
 
     out, result, contexts = real_run
     fp = contexts[contexts["kind"] == "fp_top"]
     feature = int(fp.sort_values("fp_act").iloc[-1]["feature"])
-    res = CliRunner().invoke(features_command, [str(out), "--feature", str(feature), "--contexts", "2"])
+    res = CliRunner().invoke(cli, ["features", str(out), "--feature", str(feature), "--contexts", "2"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith(f"feature {feature} @ ")
     assert "rtn int3 r=" in res.output and "top FP contexts" in res.output and "top contexts under rtn int3" in res.output
     first = fp[fp["feature"] == feature].sort_values("rank").iloc[0]
     tok = first["window_tokens"][first["target"]]
     assert f"[[{tok}]]" in res.output  # the activating token is marked
-    js = CliRunner().invoke(features_command, [str(out), "--worst", "3", "--json"])
+    js = CliRunner().invoke(cli, ["features", str(out), "--worst", "3", "--json"])
     assert js.exit_code == 0, js.output
     recs = json.loads(js.output)
     assert len(recs) == 3
@@ -270,7 +270,7 @@ def test_features_command(real_run):
     for bad, needle in (([str(out), "--feature", "99999"], "Unknown feature id(s) 99999"),
                         ([str(out), "--hook", "blocks.9.hook_resid_post"], "Unknown hook"),
                         ([str(out), "--config", "nope"], "Unknown configuration")):
-        r = CliRunner().invoke(features_command, bad)
+        r = CliRunner().invoke(cli, ["features", *bad])
         assert r.exit_code == 2 and needle in r.output, r.output
 
 

@@ -318,3 +318,153 @@ def test_ctrl_c_stops_after_the_current_piece(local_sweep, sweep_file, tmp_path)
     res = invoke("sweep", sweep_file, "--out", out, "-q")
     assert res.exit_code == 0 and "1 finished piece(s) skipped (verified), 5 computed" in res.output, res.output
     pd.testing.assert_frame_equal(table(out), table(local_sweep[0]))
+
+
+# --------------------------------------------------------------------------- split over configurations
+def split_file(sweep_file: Path, tmp_path: Path, where: str = "sweep") -> Path:
+    """The same sweep with split = "configurations" sweep-wide (or on the first model only)."""
+    text = sweep_file.read_text()
+    if where == "sweep":
+        text = text.replace('[sweep]\n', '[sweep]\nsplit = "configurations"\n', 1)
+    else:
+        text = text.replace('device = "cpu"\n', 'device = "cpu"\nsplit = "configurations"\n', 1)
+    path = tmp_path / "split.toml"
+    path.write_text(text)
+    return path
+
+
+def piece_bytes(out: Path, name: str = "features.parquet") -> dict[str, bytes]:
+    return {str(p.relative_to(out)): (p / name).read_bytes() for p in sorted((out / "pieces").glob("*/*"))}
+
+
+@pytest.fixture(scope="module")
+def split_sweep(sweep_file, tmp_path_factory):
+    """The reference sweep run with split = "configurations" (local executor)."""
+    root = tmp_path_factory.mktemp("split")
+    spec, out = split_file(sweep_file, root), root / "s"
+    res = CliRunner().invoke(cli, ["sweep", str(spec), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    return spec, out
+
+
+def test_bad_split_value_is_exit_2(grid, sweep_file, tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(sweep_file.read_text().replace("[sweep]\n", '[sweep]\nsplit = "models"\n', 1))
+    res = invoke("sweep", spec, "--plan")
+    assert res.exit_code == 2 and "[sweep] split: 'models' is not a split mode" in res.output, res.output
+    assert "configurations" in res.output
+    spec.write_text(sweep_file.read_text().replace('device = "cpu"\n', 'device = "cpu"\nsplit = true\n', 1))
+    res = invoke("sweep", spec, "--plan")
+    assert res.exit_code == 2 and "[[models]] #1 (neox) split: True is not a split mode" in res.output, res.output
+
+
+def test_plan_shows_split_jobs(sweep_file, tmp_path):
+    res = invoke("sweep", split_file(sweep_file, tmp_path, where="model"), "--plan")
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("job ")]
+    assert "split: FP state saved once, 3 piece task(s)" in lines[0] and "split" not in lines[1]
+    assert "4 passes" in lines[0]  # still one FP pass per job: 1 + 3 configurations
+
+
+def test_split_sweep_is_byte_identical_to_the_unsplit_one(split_sweep, local_sweep):
+    from featsurv.fp_state import ARRAYS_FILE, STATE_FILE
+
+    spec, out = split_sweep
+    ref = local_sweep[0]
+    assert (out / "sweep.parquet").read_bytes() == (ref / "sweep.parquet").read_bytes()
+    assert piece_bytes(out) == piece_bytes(ref) and len(piece_bytes(out)) == 6  # same piece folders, same bytes
+    assert piece_bytes(out, "contexts.parquet") == piece_bytes(ref, "contexts.parquet")
+    states = sorted((out / "fp").glob("*"))
+    assert [s.name for s in states] == sorted(p.name for p in (ref / "pieces").glob("*"))
+    for state in states:
+        assert {STATE_FILE, ARRAYS_FILE, "manifest.json"} == {p.name for p in state.iterdir()}
+    for piece in (out / "pieces").glob("*/*"):  # every piece loaded the FP state: no FP pass of its own
+        timings = json.loads((piece / "run.json").read_text())["timings"]
+        assert "fp_state_load" in timings and "fp_pass" not in timings, timings
+    for piece in (ref / "pieces").glob("*/*"):
+        assert "fp_pass" in json.loads((piece / "run.json").read_text())["timings"]
+
+
+def test_corrupt_fp_state_is_recomputed_and_unsplit_pieces_are_shared(split_sweep, local_sweep, tmp_path):
+    import shutil
+
+    from featsurv.fp_state import ARRAYS_FILE
+    from featsurv.sweep.split import state_verified
+
+    spec, src = split_sweep
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    state = sorted((out / "fp").glob("*"))[0]
+    data = (state / ARRAYS_FILE).read_bytes()
+    corrupt = data[:-100] + bytes(100)  # same size, other bytes
+    (state / ARRAYS_FILE).write_bytes(corrupt)
+    shutil.rmtree(sorted((out / "pieces" / state.name).glob("*"))[0])  # one piece of that job to redo
+    res = invoke("sweep", spec, "--out", out, "-q")
+    assert res.exit_code == 0 and "5 finished piece(s) skipped (verified), 1 computed" in res.output, res.output
+    assert state_verified(state, state.name) and (state / ARRAYS_FILE).read_bytes() != corrupt  # recomputed
+    assert piece_bytes(out) == piece_bytes(local_sweep[0])
+    # the same grid unsplit (with --force, the file changed) reuses every piece: the job ids are the same
+    res = invoke("sweep", local_sweep[0] / "sweep.toml", "--out", out, "-q")
+    assert res.exit_code == 2 and "changed since" in res.output
+    res = invoke("sweep", local_sweep[0] / "sweep.toml", "--out", out, "-q", "--force")
+    assert res.exit_code == 0 and "6 finished piece(s) skipped (verified), 0 computed" in res.output, res.output
+
+
+def test_piece_task_runs_the_fp_pass_itself_when_the_state_is_unusable(split_sweep, local_sweep, tmp_path):
+    import shutil
+
+    from featsurv.sweep.jobs import Job
+    from featsurv.sweep.split import run_piece
+
+    spec, src = split_sweep
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    index = json.loads((out / "sweep.json").read_text())
+    job_id, key = index["jobs"][0]["id"], index["jobs"][0]["pieces"][1]
+    shutil.rmtree(out / "pieces" / job_id / key)
+    (out / "fp" / job_id / "manifest.json").unlink()  # an unfinished FP state
+    from featsurv.sweep.spec import load_spec
+    from featsurv.sweep.jobs import plan_jobs
+
+    job = next(j for j in plan_jobs(load_spec(spec)) if j.id == job_id)
+    assert isinstance(job, Job) and job.split
+    report = run_piece(job.to_dict(), key, str(out))
+    assert report["computed"] == [key] and report["fp_state_loaded"] is False
+    piece = f"pieces/{job_id}/{key}"
+    assert piece_bytes(out)[piece] == piece_bytes(local_sweep[0])[piece]
+    timings = json.loads((out / piece / "run.json").read_text())["timings"]
+    assert "fp_pass" in timings and "fp_state_load" not in timings
+
+
+@pytest.mark.slow
+def test_ray_split_sweep_with_a_killed_piece_worker_matches_local(split_sweep, local_sweep, tmp_path):
+    _need_ray()
+    spec = split_sweep[0]
+    out, hold = tmp_path / "s", tmp_path / "hold"
+    env = env_for(FEATSURV_SWEEP_HOLD=f"1:{hold}", RAY_USAGE_STATS_ENABLED="0")
+    proc = featsurv_proc("sweep", spec, "--out", out, "--executor", "ray", env=env)
+    pid = wait_for(hold, proc, timeout=400)  # a piece task's worker holds after saving its piece
+    assert pid != proc.pid
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 0, stdout + stderr
+    assert "1 finished piece(s) skipped (verified), 5 computed, of 6" in stdout, stdout  # the retry skipped it
+    assert (out / "sweep.parquet").read_bytes() == (local_sweep[0] / "sweep.parquet").read_bytes()
+    assert piece_bytes(out) == piece_bytes(local_sweep[0])
+    assert len(list((out / "fp").glob("*/manifest.json"))) == 2
+
+
+def test_killed_split_sweep_resumes_reusing_the_fp_state(split_sweep, local_sweep, tmp_path):
+    spec = split_sweep[0]
+    out, hold = tmp_path / "s", tmp_path / "hold"
+    proc = featsurv_proc("sweep", spec, "--out", out, env=env_for(FEATSURV_SWEEP_HOLD=f"2:{hold}"))
+    wait_for(hold, proc)  # held after the 2nd piece task of the first job
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    states = {p: (p / "manifest.json").stat().st_mtime_ns for p in (out / "fp").glob("*")}
+    assert len(states) == 1  # the first job's FP state, saved before its piece tasks
+    res = invoke("sweep", spec, "--out", out, "-q")
+    assert res.exit_code == 0 and "2 finished piece(s) skipped (verified), 4 computed" in res.output, res.output
+    assert all((p / "manifest.json").stat().st_mtime_ns == t for p, t in states.items())  # reused, not recomputed
+    assert (out / "sweep.parquet").read_bytes() == (local_sweep[0] / "sweep.parquet").read_bytes()
+    assert piece_bytes(out) == piece_bytes(local_sweep[0])

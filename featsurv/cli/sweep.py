@@ -40,7 +40,8 @@ def _jobs(out: Any) -> list[Any]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Sweep directory (default featsurv-runs/sweep-NAME); re-running with it resumes.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: in this process, one job after another; ray: one Ray task per job.")
+              help="local: in this process, one job after another; ray: one Ray task per job "
+                   "(per configuration for split jobs).")
 @click.option("--address", default=None, help="Ray cluster to join (ray executor; default: a local 2-CPU cluster).")
 @click.option("--plan", is_flag=True, help="Print the jobs, their count and a forward-pass estimate; run nothing.")
 @click.option("--force", is_flag=True, help="Resume even though the sweep file changed (changed entries run anew).")

@@ -1,6 +1,7 @@
 """Executors: ``local`` runs the jobs in this process one after another; ``ray`` runs one Ray Core
-task per job (a worker that dies has its job retried; a job failing with a user error is
-reported, not retried). Both write the same pieces into the sweep directory."""
+task per job, or for a split job an FP-state task and then one task per configuration (a worker
+that dies has its task retried; a task failing with a user error is reported, not retried).
+Both write the same pieces into the sweep directory."""
 from __future__ import annotations
 
 import signal
@@ -11,6 +12,7 @@ from typing import Any, Callable
 from ..errors import FeatsurvError
 from .jobs import Job
 from .runner import run_job
+from .split import fp_state_task, merge, piece_task, run_split_local
 
 EXECUTORS = ("local", "ray")
 Echo = Callable[[str], None]
@@ -59,9 +61,13 @@ def run_local(jobs: list[Job], out: Path, echo: Echo, quiet: bool = True, **_: A
     progress, reports = Progress(len(jobs), echo), []
     with StopFlag(echo) as stop:
         for job in jobs:
+            on_piece = (lambda label, s, j=job: echo(f"sweep: {j.id}: {label} saved ({s:.1f}s)"))
             try:
-                report = run_job(job.to_dict(), str(out), should_stop=lambda: stop.set, quiet=quiet,
-                                 on_piece=lambda label, s, j=job: echo(f"sweep: {j.id}: {label} saved ({s:.1f}s)"))
+                if job.split:
+                    report = run_split_local(job, out, lambda: stop.set, on_piece, quiet)
+                else:
+                    report = run_job(job.to_dict(), str(out), should_stop=lambda: stop.set, quiet=quiet,
+                                     on_piece=on_piece)
             except FeatsurvError as exc:
                 report = {"job": job.id, "computed": [], "skipped": [], "interrupted": False, "error": exc.message}
             reports.append(report)
@@ -99,24 +105,62 @@ def start_ray(ray: Any, address: str | None) -> None:
                  log_to_driver=False)
 
 
+class RayRun:
+    """The Ray tasks of a sweep: one per unsplit job; per split job an FP-state task, then (once it
+    is done) one task per piece left. A job's report is complete when its last task is."""
+
+    def __init__(self, ray: Any, out: Path, max_retries: int):
+        self.ray, self.out, self.max_retries = ray, str(out), max_retries
+        self.fns = {"job": ray.remote(job_task), "fp": ray.remote(fp_state_task), "piece": ray.remote(piece_task)}
+        self.refs: dict[Any, tuple[str, Job]] = {}
+        self.parts: dict[str, list[dict[str, Any]]] = {}
+        self.open: dict[str, int] = {}
+
+    def submit(self, kind: str, job: Job, *args: Any) -> None:
+        gpus = 1 if str(job.options.get("device", "")).startswith("cuda") else 0
+        opts = self.fns[kind].options(max_retries=self.max_retries, retry_exceptions=False, num_cpus=1, num_gpus=gpus)
+        self.refs[opts.remote(job.to_dict(), *args, self.out)] = (kind, job)
+        self.open[job.id] = self.open.get(job.id, 0) + 1
+
+    def start(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.parts[job.id] = []
+            self.submit("fp" if job.split else "job", job)
+
+    def finished(self, ref: Any) -> dict[str, Any] | None:
+        """Record a finished task; the job's report when it was the job's last task."""
+        kind, job = self.refs.pop(ref)
+        report = _result(self.ray, ref, job)
+        self.parts[job.id].append(report)
+        self.open[job.id] -= 1
+        if kind == "fp" and not report.get("error"):
+            for key in report.get("todo", []):
+                self.submit("piece", job, key)
+        if self.open[job.id]:
+            return None
+        return merge(job.id, self.parts[job.id]) if job.split else report
+
+    def wait(self, progress: Progress) -> list[dict[str, Any]]:
+        reports = []
+        while self.refs:
+            done, _ = self.ray.wait(list(self.refs), num_returns=1)
+            for ref in done:
+                report = self.finished(ref)
+                if report is not None:
+                    reports.append(report)
+                    progress.job_done(report)
+        return reports
+
+
 def run_ray(jobs: list[Job], out: Path, echo: Echo, address: str | None = None, max_retries: int = 2,
             **_: Any) -> list[dict[str, Any]]:
-    """One Ray task per job; the pieces are written by the workers into ``out`` (a shared filesystem)."""
+    """Ray tasks (see RayRun); the pieces are written by the workers into ``out`` (a shared filesystem)."""
     ray = import_ray()
     start_ray(ray, address)
     try:
-        task = ray.remote(job_task)
-        progress, reports, refs = Progress(len(jobs), echo), [], {}
-        for job in jobs:
-            gpus = 1 if str(job.options.get("device", "")).startswith("cuda") else 0
-            opts = task.options(max_retries=max_retries, retry_exceptions=False, num_cpus=1, num_gpus=gpus)
-            refs[opts.remote(job.to_dict(), str(out))] = job
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                reports.append(_result(ray, ref, refs[ref]))
-                progress.job_done(reports[-1])
+        run = RayRun(ray, out, max_retries)
+        run.start(jobs)
+        reports = run.wait(Progress(len(jobs), echo))
     except KeyboardInterrupt:
         echo("sweep: interrupted; finished pieces are saved, re-run the same command to resume")
         raise

@@ -34,13 +34,15 @@ class Job:
     options: dict[str, Any]
     pieces: list[Piece]
     threads: int = 1
+    split: bool = False  # split = "configurations": FP state saved once, one task per configuration
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Job":
-        return cls(d["id"], d["model"], d["options"], [Piece(**p) for p in d["pieces"]], d.get("threads", 1))
+        return cls(d["id"], d["model"], d["options"], [Piece(**p) for p in d["pieces"]], d.get("threads", 1),
+                   bool(d.get("split", False)))
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -57,8 +59,9 @@ def plan_jobs(spec: SweepSpec) -> list[Job]:
     for model in spec.models:
         pieces = [Piece(f"{slug(c.label)}-{short_hash([c.compressor, c.params])}", c.compressor, c.params, c.label)
                   for c in spec.configurations]
+        # the id leaves ``split`` out: split and unsplit give the same pieces, so they are shared
         job_id = f"{slug(model.name)}-{short_hash([model.options, spec.threads])}"
-        jobs.append(Job(job_id, model.name, model.options, pieces, spec.threads))
+        jobs.append(Job(job_id, model.name, model.options, pieces, spec.threads, model.split == "configurations"))
     return jobs
 
 
@@ -79,7 +82,9 @@ def plan_text(spec: SweepSpec, jobs: list[Job]) -> str:
         total_p, total_f = total_p + est["passes"], total_f + est["forwards"]
         saes = len(job.options["saes"])
         lines.append(f"job {job.id}: model {job.model}, {saes} SAE(s), {len(job.pieces)} configuration(s), "
-                     f"{est['passes']} passes over {job.options['n_tokens']} tokens (~{est['forwards']} forward calls)")
+                     f"{est['passes']} passes over {job.options['n_tokens']} tokens (~{est['forwards']} forward calls)"
+                     + (f"; split: FP state saved once, {len(job.pieces)} piece task(s) each loading the model"
+                        if job.split else ""))
         lines.extend(f"  - {p.label}" for p in job.pieces)
     pieces = sum(len(j.pieces) for j in jobs)
     lines.append(f"{len(jobs)} job(s), {pieces} piece(s) (job x configuration); estimate: {total_p} passes over "

@@ -44,6 +44,19 @@ def _maybe_hold(done: int) -> None:
         time.sleep(0.05)
 
 
+def pieces_to_do(job: Job, out: Path, report: dict[str, Any]) -> list[Piece]:
+    """The job's pieces that are not finished and verified (a partial or corrupt one is discarded)."""
+    todo = []
+    for piece in job.pieces:
+        path = piece_path(out, job, piece)
+        if piece_done(path, piece.key):
+            report["skipped"].append(piece.key)
+        else:
+            discard_piece(path)  # partial or corrupt: recomputed from scratch
+            todo.append(piece)
+    return todo
+
+
 def write_piece(session: Any, outcome: Any, job: Job, piece: Piece, out: Path) -> Path:
     """One configuration's run folder (data, metric tables, manifest), written atomically."""
     from ..assembly import assemble
@@ -67,14 +80,7 @@ def run_job(job_dict: dict[str, Any], out_dir: str, *, should_stop: Callable[[],
 
     job, out = Job.from_dict(job_dict), Path(out_dir)
     report: dict[str, Any] = {"job": job.id, "computed": [], "skipped": [], "interrupted": False}
-    todo = []
-    for piece in job.pieces:
-        path = piece_path(out, job, piece)
-        if piece_done(path, piece.key):
-            report["skipped"].append(piece.key)
-        else:
-            discard_piece(path)  # partial or corrupt: recomputed from scratch
-            todo.append(piece)
+    todo = pieces_to_do(job, out, report)
     if not todo or should_stop():
         report["interrupted"] = bool(todo)
         return report

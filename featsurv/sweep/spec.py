@@ -11,9 +11,12 @@ from typing import Any
 from ..errors import FeatsurvError
 
 TOP_KEYS = {"sweep", "data", "options", "models", "configurations"}
-MODEL_KEYS = {"name", "path", "adapter", "dtype", "device", "saes", "hooks", "trust_remote_code"}
+MODEL_KEYS = {"name", "path", "adapter", "dtype", "device", "saes", "hooks", "trust_remote_code", "split"}
 DATA_KEYS = {"dataset", "tokens", "context", "batch_size", "bos", "join", "calibration_tokens"}
-SWEEP_KEYS = {"name", "seed", "threads", "max_retries"}
+SWEEP_KEYS = {"name", "seed", "threads", "max_retries", "split"}
+#: ``split``: "none" (a job runs its configurations itself) or "configurations" (the job's FP state is
+#: saved once and each configuration runs as its own task that loads it; docs/sweeps.md)
+SPLITS = ("none", "configurations")
 CONFIG_KEYS = {"compressor", "params"}
 _HINT = "Fix the entry in the sweep file (see docs/sweeps.md) and run the command again"
 
@@ -24,6 +27,7 @@ class ModelEntry:
 
     name: str
     options: dict[str, Any]  # AuditOptions values (model, saes, hooks, adapter, dtype, device...)
+    split: str = "none"
 
 
 @dataclass
@@ -46,6 +50,7 @@ class SweepSpec:
     seed: int = 0
     threads: int = 1
     max_retries: int = 2
+    split: str = "none"
     source: str = ""
     common: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +90,14 @@ def _int(table: dict[str, Any], key: str, default: int, where: str, lo: int = 0)
     return value
 
 
+def split_value(table: dict[str, Any], where: str, default: str = "none") -> str:
+    value = table.get("split", default)
+    if value not in SPLITS:
+        raise bad(f"{where} split", f"{value!r} is not a split mode", allowed=list(SPLITS),
+                  hint='Write split = "configurations" to run each configuration as its own task, or drop it')
+    return value
+
+
 def read_text(path: str | Path) -> str:
     p = Path(path)
     try:
@@ -119,9 +132,10 @@ def load_spec(path: str | Path, registry: Any = None) -> SweepSpec:
         raise bad("[options]", f"expected a table, got {doc.get('options')!r}")
     spec = SweepSpec(name=str(head.get("name", Path(path).stem)), text=text, models=[], configurations=[],
                      seed=_int(head, "seed", 0, "[sweep]"), threads=_int(head, "threads", 1, "[sweep]", 1),
-                     max_retries=_int(head, "max_retries", 2, "[sweep]"), source=str(path))
+                     max_retries=_int(head, "max_retries", 2, "[sweep]"), split=split_value(head, "[sweep]"),
+                     source=str(path))
     spec.common = _common_options(common, data, spec.seed)
-    spec.models = check_models(doc.get("models"), spec.common, registry, Path(path).parent)
+    spec.models = check_models(doc.get("models"), spec.common, registry, Path(path).parent, spec.split)
     spec.configurations = check_configurations(doc.get("configurations"), registry)
     return spec
 

@@ -6,6 +6,7 @@ Layout::
     DIR/sweep.toml            the sweep file as it was run (a changed file is refused on resume)
     DIR/sweep.json            its SHA-256, the jobs and their pieces
     DIR/pieces/JOB/PIECE/     a run folder (run.json, summary.json, features.parquet, manifest.json)
+    DIR/fp/JOB/               a split job's FP state (fp_state.json, fp_arrays.npz, manifest.json)
     DIR/sweep.parquet         one row per model x hook point x configuration (written last)
 """
 from __future__ import annotations
@@ -19,13 +20,18 @@ from ..errors import FeatsurvError
 from ..results import load_run, write_json_atomic, write_text_atomic
 from .jobs import Job, Piece
 
-SPEC_FILE, INDEX_FILE, TABLE_FILE, PIECES = "sweep.toml", "sweep.json", "sweep.parquet", "pieces"
+SPEC_FILE, INDEX_FILE, TABLE_FILE, PIECES, FP_STATES = "sweep.toml", "sweep.json", "sweep.parquet", "pieces", "fp"
 #: summary fields that measure time, left out of sweep.parquet (it is identical across executors)
 TIMING = ("seconds", "time", "wall")
 
 
 def piece_path(out: Path, job: Job, piece: Piece) -> Path:
     return out / PIECES / job.id / piece.key
+
+
+def fp_state_path(out: Path, job: Job) -> Path:
+    """Where a split job keeps its FP state (shared by its piece tasks; a cache, safe to delete)."""
+    return out / FP_STATES / job.id
 
 
 def is_sweep_dir(path: str | Path) -> bool:

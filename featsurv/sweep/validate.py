@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FeatsurvError
-from .spec import CONFIG_KEYS, MODEL_KEYS, ConfigEntry, ModelEntry, _known, bad, wrap
+from .spec import CONFIG_KEYS, MODEL_KEYS, ConfigEntry, ModelEntry, _known, bad, split_value, wrap
 
 
 def _entries(value: Any, key: str) -> list[dict[str, Any]]:
@@ -61,7 +61,8 @@ def _check_saes(where: str, saes: Any, model_dir: Path | None, base: Path) -> li
     return out
 
 
-def check_model(i: int, entry: dict[str, Any], common: dict[str, Any], registry: Any, base: Path) -> ModelEntry:
+def check_model(i: int, entry: dict[str, Any], common: dict[str, Any], registry: Any, base: Path,
+                split: str = "none") -> ModelEntry:
     """One [[models]] entry as a validated ModelEntry (its full AuditOptions are built and checked)."""
     from ..options import OptionError, make_options
 
@@ -93,11 +94,12 @@ def check_model(i: int, entry: dict[str, Any], common: dict[str, Any], registry:
         raise bad(where, f"{exc.option} = {exc.value!r} is not allowed", allowed=exc.allowed) from None
     except FeatsurvError as exc:
         raise wrap(where, exc) from None
-    return ModelEntry(str(name), options.record())
+    return ModelEntry(str(name), options.record(), split_value(entry, where, split))
 
 
-def check_models(value: Any, common: dict[str, Any], registry: Any, base: Path) -> list[ModelEntry]:
-    models = [check_model(i, e, common, registry, base) for i, e in enumerate(_entries(value, "models"))]
+def check_models(value: Any, common: dict[str, Any], registry: Any, base: Path,
+                 split: str = "none") -> list[ModelEntry]:
+    models = [check_model(i, e, common, registry, base, split) for i, e in enumerate(_entries(value, "models"))]
     names = [m.name for m in models]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
