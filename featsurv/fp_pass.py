@@ -14,7 +14,7 @@ from .errors import FeatsurvError
 from .fit_check import NeighbourFit, check_fit
 from .metric_set import MetricSet
 from .passes import run_pass
-from .stats import ExplainedVariance, FeatureStats
+from .stats import ExplainedVariance, FeatureStats, SparseDecode
 from .workbench import Workbench
 
 
@@ -42,6 +42,7 @@ class FPCollector:
         self.bench = bench
         self.stats = {h: FeatureStats(s.sae.d_sae) for h, s in bench.hooks.items()}
         self.ev = {h: ExplainedVariance(s.sae.d_in) for h, s in bench.hooks.items()}
+        self.decode = {h: SparseDecode(s.sae) for h, s in bench.hooks.items()}
         self.accs = {h: metrics.collect("fp_accumulator", s.sae.d_sae) for h, s in bench.hooks.items()}
         self.nonfinite: set[str] = set()
 
@@ -51,9 +52,10 @@ class FPCollector:
         state = self.bench.hooks[hook]
         if not bool(torch.isfinite(x).all()):
             self.nonfinite.add(hook)
-        self.ev[hook].update(x, state.sae.decode(f))
-        self.stats[hook].update(f)
-        state.fp_batches.append(sparse(f))
+        fp = sparse(f)  # stays on the device of the features
+        self.ev[hook].update(x, self.decode[hook](f, fp))
+        self.stats[hook].update(fp)  # from the stored values only
+        state.fp_batches.append(fp)
         for acc in self.accs[hook].values():
             acc.update(f, batch)
 

@@ -16,27 +16,33 @@ AVERAGING = ("token", "batch")
 
 
 class WindowNLL(ModelAccumulator):
+    """NLL of the audit contexts from the pass's own logits; sums stay on the device until ``result``."""
+
     def __init__(self, averaging: str = "token") -> None:
         self.averaging = averaging
-        self.nll = 0.0
+        self.nll: Any = 0.0
         self.count = 0
-        self.batch_means: list[float] = []
+        self.batch_losses: list[tuple[Any, int]] = []
 
     def update(self, logits, input_ids) -> None:
         import torch.nn.functional as F
 
-        pred = logits[:, :-1].float()
-        target = input_ids[:, 1:]
-        loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
-        self.nll += float(loss)
-        self.count += target.numel()
-        self.batch_means.append(float(loss) / max(target.numel(), 1))
+        # Score the logits where they lie (no copy of the shifted [batch, ctx - 1, vocab] slice):
+        # position t predicts token t + 1; each context's last position has no target (-100).
+        b, c, v = logits.shape
+        target = F.pad(input_ids[:, 1:], (0, 1), value=-100).reshape(-1)
+        loss = F.cross_entropy(logits.reshape(b * c, v).float(), target, ignore_index=-100, reduction="sum")
+        loss = loss.detach().double()  # no per-batch host synchronisation
+        self.nll = loss + self.nll
+        self.count += b * (c - 1)
+        self.batch_losses.append((loss, b * (c - 1)))
 
     def result(self) -> dict[str, Any]:
         if self.averaging == "batch":
-            nll = sum(self.batch_means) / len(self.batch_means) if self.batch_means else 0.0
+            means = [float(loss) / max(n, 1) for loss, n in self.batch_losses]
+            nll = sum(means) / len(means) if means else 0.0
         else:
-            nll = self.nll / max(self.count, 1)
+            nll = float(self.nll) / max(self.count, 1)
         return {"perplexity": math.exp(nll) if self.count else float("nan"), "nll": nll, "n_predicted": self.count}
 
 

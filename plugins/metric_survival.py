@@ -3,6 +3,8 @@
 Active features fire (f > 0) on more than ``min_firing_rate`` of the audit tokens under FP.
 Bands over active features: survived r > ``survived_above``, damaged r < ``damaged_below``,
 blurred otherwise. A compressed feature that never changes value is ``silenced`` and gets r = 0.
+The numerics (moments, merge, constant rule, bootstrap) live in ``survival_numerics`` and
+``survival_bootstrap``; ``BANDS`` and the default thresholds are defined there and exported here.
 """
 from __future__ import annotations
 
@@ -13,58 +15,46 @@ import numpy as np
 from featsurv import FeatsurvError, FeatureAccumulator, FeatureResult, Metric, Param, hookimpl
 
 from . import survival_report as presentation
+from .survival_numerics import BANDS, DEFAULT_DAMAGED_BELOW, DEFAULT_SURVIVED_ABOVE, SurvivalMoments, bands
 
-BANDS = ("survived", "blurred", "damaged")
-SURVIVED_ABOVE, DAMAGED_BELOW = 0.9, 0.5
+#: The default band thresholds, under the names other plugins import.
+SURVIVED_ABOVE, DAMAGED_BELOW = DEFAULT_SURVIVED_ABOVE, DEFAULT_DAMAGED_BELOW
 
-
-def bands(r: np.ndarray, survived_above: float = SURVIVED_ABOVE, damaged_below: float = DAMAGED_BELOW) -> np.ndarray:
-    """Band name per feature from its r."""
-    return np.where(r > survived_above, "survived", np.where(r < damaged_below, "damaged", "blurred"))
+__all__ = ["BANDS", "SURVIVED_ABOVE", "DAMAGED_BELOW", "bands", "Survival", "SurvivalAccumulator"]
 
 
 class SurvivalAccumulator(FeatureAccumulator):
+    """One accumulator of per-context moments; r comes from their pooled total, the interval
+    from their blocks (one block per context, whatever the batch size)."""
+
     def __init__(self, d_sae: int, options: dict[str, Any]):
-        from featsurv.stats import StreamingPearson
-
-        self.pearson = StreamingPearson(d_sae)
         self.options = options
-        self.blocks = None
-        if options.get("bootstrap", 0) > 0:
-            from featsurv.bootstrap import BlockMoments
-
-            self.blocks = BlockMoments(d_sae)  # one block per batch of contexts
+        self.moments = SurvivalMoments(d_sae, max_blocks=256 if options.get("bootstrap", 0) > 0 else None)
 
     def update(self, fp, compressed, batch) -> None:
-        # one update per context: the bootstrap resamples contexts, whatever the batch size
-        for fp_c, f_c in zip(fp.split(batch.context_sizes), compressed.split(batch.context_sizes)):
-            if fp_c.shape[0]:
-                self.pearson.update(fp_c, f_c)
-                if self.blocks is not None:
-                    self.blocks.update(fp_c, f_c)
+        self.moments.update(fp, compressed, batch.context_sizes)
 
     def result(self, fp_stats: dict[str, np.ndarray]) -> FeatureResult:
         opts = self.options
-        r = self.pearson.r()
+        r, _, silenced = self.moments.pearson()
         active = fp_stats["firing_rate"] > opts["min_firing_rate"]
         band = np.where(active, bands(r, opts["survived_above"], opts["damaged_below"]), None)  # inactive: no band
-        silenced = self.pearson.constant_y()
         n_active = int(active.sum())
         ra = r[active]
-        frac = {b: (float((band[active] == b).sum()) / n_active if n_active else float("nan")) for b in BANDS}
+        counts = {b: int((band[active] == b).sum()) for b in BANDS}
         summary = {
-            "n_features": int(r.size), "n_active": n_active, **frac,
+            "n_features": int(r.size), "n_active": n_active,
+            **{b: (counts[b] / n_active if n_active else float("nan")) for b in BANDS},
             "mean_r": float(ra.mean()) if n_active else float("nan"),
             "median_r": float(np.median(ra)) if n_active else float("nan"),
             "n_silenced": int((silenced & active).sum()),
-            "counts": {b: int((band[active] == b).sum()) for b in BANDS},
+            "counts": counts,
         }
-        if self.blocks is not None:
-            from featsurv.bootstrap import bootstrap_band_ci
+        if self.moments.max_blocks is not None:
+            from .survival_bootstrap import bootstrap_band_ci
 
-            summary["ci"] = bootstrap_band_ci(
-                self.blocks, active, opts["survived_above"], opts["damaged_below"],
-                n_resamples=opts["bootstrap"], seed=opts["seed"])
+            summary["ci"] = bootstrap_band_ci(self.moments, active, opts["survived_above"], opts["damaged_below"],
+                                              n_resamples=opts["bootstrap"], seed=opts["seed"])
         return FeatureResult(summary, {"r": r, "band": band, "active": active, "silenced": silenced})
 
 

@@ -14,6 +14,82 @@ def _strip(spec: str) -> str:
     return spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
 
 
+def _sae_class() -> Any:
+    """sae-lens's ``SAE`` class, loaded without running ``sae_lens/__init__.py`` when possible.
+
+    ``from sae_lens import SAE`` executes the package's ``__init__``, which also imports its
+    training and evaluation stack (wandb, activation stores, runners: seconds at start-up).
+    Inference needs only ``sae_lens.saes`` and the architecture registry, so the package is
+    entered as a lazy module: ``sae_lens.saes`` is imported, the inference architectures that
+    ``__init__`` would register are registered, and the first access to any other top-level
+    name (``import sae_lens; sae_lens.X`` or ``from sae_lens import X``) runs the real
+    ``__init__`` then (our registrations are withdrawn first, so it registers the same classes).
+    Whatever goes wrong falls back to the plain import.
+    """
+    import sys
+
+    mod = sys.modules.get("sae_lens")
+    if mod is None:
+        try:
+            mod = _lazy_sae_lens()
+        except Exception:  # noqa: BLE001 - any surprise: forget the half-made package, import it plainly
+            for name in [m for m in sys.modules if m == "sae_lens" or m.startswith("sae_lens.")]:
+                sys.modules.pop(name, None)
+            mod = None
+    if mod is None or "SAE" not in vars(mod):
+        from sae_lens import SAE
+
+        return SAE
+    return vars(mod)["SAE"]
+
+
+def _lazy_sae_lens() -> Any:
+    import ast
+    import importlib
+    import importlib.util
+    import logging
+    import sys
+    from importlib import metadata
+
+    spec = importlib.util.find_spec("sae_lens")
+    init_src = Path(spec.origin).read_text(encoding="utf-8")
+    registrations = []  # (architecture, class name, config name) as sae_lens/__init__.py registers them
+    for node in ast.parse(init_src).body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "register_sae_class":
+            arch, cls, cfg = call.args
+            registrations.append((arch.value, cls.id, cfg.id))
+    if not registrations:
+        raise ImportError("sae_lens/__init__.py registers no SAE class: unknown layout")
+    pkg = importlib.util.module_from_spec(spec)
+    pkg.__version__ = metadata.version("sae-lens")
+    pkg.logger = logging.getLogger("sae_lens")
+    sys.modules["sae_lens"] = pkg
+    saes = importlib.import_module("sae_lens.saes")
+    from sae_lens import registry
+
+    mine = []
+    for arch, cls, cfg in registrations:
+        if arch not in registry.SAE_CLASS_REGISTRY:
+            registry.register_sae_class(arch, getattr(saes, cls), getattr(saes, cfg))
+            mine.append(arch)
+    pkg.SAE = saes.SAE
+    state = {"done": False}
+
+    def finish(name: str) -> Any:
+        if state["done"] or name.startswith("__"):
+            raise AttributeError(f"module 'sae_lens' has no attribute {name!r}")
+        state["done"] = True
+        for arch in mine:
+            registry.SAE_CLASS_REGISTRY.pop(arch, None)
+        del pkg.__getattr__
+        spec.loader.exec_module(pkg)  # the real __init__, in the same module object
+        return getattr(pkg, name)
+
+    pkg.__getattr__ = finish
+    return pkg
+
+
 class SaeLensSAE(LoadedSAE):
     """A sae-lens SAE with featsurv's per-feature weight statistics."""
 
@@ -49,8 +125,7 @@ class SaeLensSource(SAESource):
         return bool(sep and release and sae_id) and not os.path.exists(raw)
 
     def load(self, spec: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedSAE:
-        from sae_lens import SAE
-
+        SAE = _sae_class()
         raw = _strip(spec)
         path = Path(raw)
         try:

@@ -62,6 +62,30 @@ def test_window_perplexity_matches_hf_loss(tiny_models):
     assert acc.result()["perplexity"] == pytest.approx(math.exp(hf_loss), rel=1e-5)
 
 
+def test_window_nll_scores_in_place_like_a_hand_log_softmax():
+    """In-place scoring (last position ignored) against the shifted slice by hand, both averagings;
+    bf16 logits are scored in float32; the logits are not modified."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(b, 9, 40, generator=gen), torch.randint(0, 40, (b, 9), generator=gen)) for b in (2, 3)]
+    token, batch = WindowNLL("token"), WindowNLL("batch")
+    per_batch, total, count = [], 0.0, 0
+    for logits, ids in batches:
+        before = logits.clone()
+        token.update(logits, ids)
+        batch.update(logits.to(torch.bfloat16), ids)
+        assert torch.equal(logits, before)
+        logp = torch.log_softmax(logits[:, :-1].double(), -1)
+        nll = -logp.gather(-1, ids[:, 1:, None]).sum().item()
+        total, count = total + nll, count + ids[:, 1:].numel()
+        bf = torch.log_softmax(logits.to(torch.bfloat16)[:, :-1].double(), -1)
+        per_batch.append(-bf.gather(-1, ids[:, 1:, None]).sum().item() / ids[:, 1:].numel())
+    res = token.result()
+    assert res["n_predicted"] == count == 2 * 8 + 3 * 8
+    assert res["nll"] == pytest.approx(total / count, rel=1e-6)
+    assert batch.result()["nll"] == pytest.approx(sum(per_batch) / 2, rel=1e-6)
+    assert math.isnan(WindowNLL().result()["perplexity"])
+
+
 def test_sliding_perplexity_matches_a_hand_loop(tiny_models):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]).eval()
     stream = torch.randint(0, model.config.vocab_size, (50,), generator=torch.Generator().manual_seed(1))

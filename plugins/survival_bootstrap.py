@@ -1,0 +1,160 @@
+"""Confidence intervals for the band fractions, by resampling blocks of contexts.
+
+Tokens inside one context are strongly dependent, so resampling single tokens would give
+intervals that are far too narrow. :class:`~featsurv_plugins.survival_numerics.SurvivalMoments`
+keeps one float64 moment set per block of contexts; a resample draws ``n_blocks`` blocks with
+replacement, and its per-feature r follows exactly from the drawn blocks' moments, so no token
+is ever stored. The constant rule and the r formula are the point r's own
+(:func:`~featsurv_plugins.survival_numerics.is_constant`), so r and its interval cannot disagree.
+
+Cost: one float64 matrix product ``weights [R, B] @ P [B, 5 d']`` (``d'`` active features)
+and about twenty in-place element-wise operations per ``[R, d']`` chunk; chunks are sized to
+stay in the CPU's cache (``chunk_elements``), or large on an accelerator.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .survival_numerics import (BANDS, CONST_REL, CXY, DEFAULT_DAMAGED_BELOW, DEFAULT_SURVIVED_ABOVE, M2X,
+                                M2Y, MEAN_X, MEAN_Y, SurvivalMoments)
+
+
+def resample_indices(n_blocks: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """The drawn block indices ``[n_resamples, n_blocks]`` (with replacement) for a seed.
+
+    Public so that a check can rebuild exactly the same resamples token by token.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_blocks, size=(n_resamples, n_blocks))
+
+
+def resample_weights(idx: np.ndarray) -> np.ndarray:
+    """How often each block is drawn: ``[R, B]`` float64 from the indices ``[R, B]``."""
+    rows, n_blocks = idx.shape
+    flat = (np.arange(rows)[:, None] * n_blocks + idx).ravel()
+    return np.bincount(flat, minlength=rows * n_blocks).reshape(rows, n_blocks).astype(np.float64)
+
+
+def _pooling_terms(n: np.ndarray, m: Any) -> tuple[Any, Any, Any]:
+    """Per-block terms ``P [B, 5, d']`` whose weighted sums give every resample's moments.
+
+    Means are taken around the all-block mean ``shift`` (which keeps the sums of squares free of
+    cancellation): with ``a_b = mean_b - shift``, a resample with block weights ``w`` has
+    ``S0 = sum w n a_x``, ``S2 = sum w (M2x_b + n a_x^2)``, ``S4 = sum w (Cxy_b + n a_x a_y)`` (and
+    likewise for y), so ``mean = shift + S0/N``, ``M2x = S2 - S0^2/N``, ``Cxy = S4 - S0 S1/N``.
+    """
+    import torch
+
+    nf = torch.as_tensor(n, dtype=torch.float64).to(m.device)
+    total = float(n.sum())
+    shift_x = (nf @ m[:, MEAN_X]) / total
+    shift_y = (nf @ m[:, MEAN_Y]) / total
+    ax, ay = m[:, MEAN_X] - shift_x, m[:, MEAN_Y] - shift_y
+    nax, nay = ax * nf[:, None], ay * nf[:, None]
+    p = torch.stack([nax, nay, torch.addcmul(m[:, M2X], nax, ax), torch.addcmul(m[:, M2Y], nay, ay),
+                     torch.addcmul(m[:, CXY], nax, ay)], dim=1)
+    return p, shift_x, shift_y
+
+
+def _count_bands(s: Any, shift_x: Any, shift_y: Any, survived_above: float, damaged_below: float,
+                 buf: Any) -> tuple[Any, Any]:
+    """Per-resample counts of survived and damaged features from the sums ``s [R, 5, w]``.
+
+    The block weights were divided by each resample's token count N, so ``s`` holds the sums
+    over N: ``s0 = mean_x - shift_x``, ``s2 = (M2x + N (mean_x - shift_x)^2) / N``, and so on; r
+    is unchanged by the common 1/N. ``s`` is consumed (overwritten in place). The constant rule
+    is :func:`~featsurv_plugins.survival_numerics.is_constant` divided by N:
+    ``M2/N - CONST_REL mean^2 <= CONST_REL shift^2``.
+    """
+    import torch
+
+    tx, ty, m2x, m2y, cxy = s.unbind(1)
+    m2x.addcmul_(tx, tx, value=-1)
+    m2y.addcmul_(ty, ty, value=-1)
+    cxy.addcmul_(tx, ty, value=-1)
+    const = None
+    for t, shift, m2 in ((tx, shift_x, m2x), (ty, shift_y, m2y)):
+        mean = t.add_(shift)
+        torch.addcmul(m2, mean, mean, value=-CONST_REL, out=buf)
+        c = buf <= (shift * shift).mul_(CONST_REL)
+        const = c if const is None else const.logical_or_(c)
+    r = m2x.mul_(m2y).rsqrt_().mul_(cxy)
+    if not (-1.0 < damaged_below and survived_above < 1.0):  # only then can rounding past +-1 matter
+        r.clamp_(-1.0, 1.0)
+    r.masked_fill_(const, 0.0)
+    surv = r > survived_above
+    dam = r < damaged_below
+    if damaged_below > survived_above:
+        dam &= ~surv
+    return surv.sum(1), dam.sum(1)
+
+
+def _default_chunk(device: Any) -> int:
+    """Elements per ``[resamples, features]`` plane of a chunk (each chunk holds about eight)."""
+    return 1 << 22 if getattr(device, "type", "cpu") == "cpu" else 1 << 25
+
+
+def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: float = DEFAULT_SURVIVED_ABOVE,
+                      damaged_below: float = DEFAULT_DAMAGED_BELOW, n_resamples: int = 1000, seed: int = 0,
+                      level: float = 0.95, chunk_elements: int | None = None) -> dict[str, Any]:
+    """Percentile bootstrap intervals of the survived / blurred / damaged fractions.
+
+    ``active`` is the boolean mask (length d) of the active features, decided once on all FP
+    tokens and held fixed across resamples; fractions are over those features. Each resample
+    draws ``n_blocks`` blocks with replacement (:func:`resample_indices`); a feature constant in a
+    resample (FP or compressed) gets r = 0, as the point r does. Returns ``{"survived": [lo, hi],
+    "blurred": [lo, hi], "damaged": [lo, hi], "n_blocks", "n_resamples", "level"}``. With fewer
+    than two blocks, or no active feature, no interval can be formed: the bounds are NaN,
+    ``n_resamples`` is 0 and ``note`` says why.
+    """
+    import torch
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    active = np.asarray(active, dtype=bool)
+    if active.shape != (moments.d,):
+        raise ValueError(f"active must be a boolean mask of length {moments.d}, got shape {active.shape}")
+    n_blocks = moments.n_blocks
+    out: dict[str, Any] = {"n_blocks": n_blocks, "n_resamples": int(n_resamples), "level": level}
+    note = None
+    if n_blocks < 2:
+        note = f"needs at least 2 blocks of contexts, got {n_blocks}"
+    elif not active.any():
+        note = "no active features"
+    elif n_resamples < 1:
+        note = "n_resamples < 1"
+    if note:
+        out.update({b: [float("nan"), float("nan")] for b in BANDS})
+        out.update(n_resamples=0, note=note)
+        return out
+
+    n, m = moments.blocks(active)
+    dev, d_act = m.device, m.shape[2]
+    p, shift_x, shift_y = _pooling_terms(n, m)
+    del m
+    weights = torch.from_numpy(resample_weights(resample_indices(n_blocks, n_resamples, seed))).to(dev)
+    weights /= weights @ torch.as_tensor(n, dtype=torch.float64).to(dev)[:, None]  # sums over N
+    chunk = chunk_elements or _default_chunk(dev)
+    rows = min(n_resamples, max(1, chunk))
+    width = max(1, min(d_act, chunk // rows))
+    surv = torch.zeros(n_resamples, dtype=torch.long, device=dev)
+    dam = torch.zeros_like(surv)
+    buf = torch.empty((rows, width), dtype=torch.float64, device=dev)
+    for j in range(0, d_act, width):
+        pj = p[:, :, j:j + width].reshape(n_blocks, -1)
+        w = pj.shape[1] // 5
+        for i in range(0, n_resamples, rows):
+            s = (weights[i:i + rows] @ pj).view(-1, 5, w)
+            cs, cd = _count_bands(s, shift_x[j:j + w], shift_y[j:j + w], survived_above, damaged_below,
+                                  buf[:s.shape[0], :w])
+            surv[i:i + rows] += cs
+            dam[i:i + rows] += cd
+    surv_n, dam_n = surv.cpu().numpy(), dam.cpu().numpy()
+    fracs = {"survived": surv_n / d_act, "blurred": (d_act - surv_n - dam_n) / d_act, "damaged": dam_n / d_act}
+    alpha = (1.0 - level) / 2.0
+    for b in BANDS:
+        lo, hi = np.quantile(fracs[b], [alpha, 1.0 - alpha])
+        out[b] = [float(lo), float(hi)]
+    return out
