@@ -35,7 +35,9 @@ def bisect_knob(session: AuditSession, name: str, base: dict[str, Any], knob: st
     """Bisection of ``knob`` on [lo, hi] toward ``target``; the closest step wins.
 
     Each step measures model metrics only (no SAE work). Stops after ``steps`` steps, when the
-    relative gap falls below ``rtol``, or (integer knobs) when the interval is exhausted.
+    relative gap falls to ``rtol`` or below (``rtol`` 0: never early, every step runs, as the
+    reference study's loop does), or (integer knobs) when the interval is exhausted. A value below
+    the target moves toward more compression; one equal to it or above, toward less.
     """
     compressor = session.registry.get("compressors", name)
     spec = {p.name: p for p in compressor.params}[knob]
@@ -56,9 +58,9 @@ def bisect_knob(session: AuditSession, name: str, base: dict[str, Any], knob: st
         gap = value / target - 1.0 if math.isfinite(value) else float("inf")  # NaN/inf: broken, too damaging
         path.append({"params": params, session.metrics.match_label(): value, "relative_gap": gap})
         session.progress(f"  bisection {knob}={mid:g}: {value:.4g} (target {target:.4g}, gap {gap:+.2%})")
-        if abs(gap) <= rtol:
+        if rtol > 0 and abs(gap) <= rtol:
             break
-        if (not value <= target) == harder_up:
+        if (not value < target) == harder_up:
             hi = mid
         else:
             lo = mid

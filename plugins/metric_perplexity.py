@@ -13,13 +13,15 @@ from featsurv import Column, FeatsurvError, LoadedModel, Metric, ModelAccumulato
 
 MODES = ("window", "sliding")
 AVERAGING = ("token", "batch")
+LOSS_DTYPES = ("float32", "logits")
 
 
 class WindowNLL(ModelAccumulator):
     """NLL of the audit contexts from the pass's own logits; sums stay on the device until ``result``."""
 
-    def __init__(self, averaging: str = "token") -> None:
+    def __init__(self, averaging: str = "token", loss_dtype: str = "float32") -> None:
         self.averaging = averaging
+        self.loss_dtype = loss_dtype
         self.nll: Any = 0.0
         self.count = 0
         self.batch_losses: list[tuple[Any, int]] = []
@@ -27,6 +29,9 @@ class WindowNLL(ModelAccumulator):
     def update(self, logits, input_ids) -> None:
         import torch.nn.functional as F
 
+        if self.loss_dtype == "logits":
+            self._update_in_logits_dtype(logits, input_ids)
+            return
         # Score the logits where they lie (no copy of the shifted [batch, ctx - 1, vocab] slice):
         # position t predicts token t + 1; each context's last position has no target (-100).
         b, c, v = logits.shape
@@ -36,6 +41,20 @@ class WindowNLL(ModelAccumulator):
         self.nll = loss + self.nll
         self.count += b * (c - 1)
         self.batch_losses.append((loss, b * (c - 1)))
+
+    def _update_in_logits_dtype(self, logits, input_ids) -> None:
+        """TransformerLens's ``lm_cross_entropy_loss`` as it runs: log_softmax, gather and mean in the
+        logits' own dtype (bfloat16 for the reference's Gemma), one rounded mean per batch."""
+        import torch.nn.functional as F
+
+        log_probs = F.log_softmax(logits, dim=-1)
+        predicted = log_probs[..., :-1, :].gather(dim=-1, index=input_ids[..., 1:, None])[..., 0]
+        n = predicted.numel()
+        # TL's ``-predicted.sum() / n_tokens``: a sum and a quotient each rounded to the logits' dtype
+        loss = (-predicted.sum() / n).detach().double() * n  # the rounded batch mean, as a sum
+        self.nll = loss + self.nll
+        self.count += n
+        self.batch_losses.append((loss, n))
 
     def result(self) -> dict[str, Any]:
         if self.averaging == "batch":
@@ -89,6 +108,9 @@ class Perplexity(Metric):
         Param("stride", int, None, "sliding stride (default window / 4)", minimum=1, flag="ppl-stride"),
         Param("averaging", str, "token", "token: exp of the mean NLL over all tokens; batch: exp of the mean of "
               "per-batch mean NLLs (the reference study's loop)", choices=AVERAGING),
+        Param("loss_dtype", str, "float32", "float32: cross-entropy in float32 from the logits; logits: "
+              "TransformerLens's loss in the logits' own dtype, one rounded mean per batch (the reference's "
+              "bfloat16 Gemma)", choices=LOSS_DTYPES),
     )
 
     def setup(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,7 +128,7 @@ class Perplexity(Metric):
         return {"window": window, "stride": stride}
 
     def model_accumulator(self, options: dict[str, Any]) -> ModelAccumulator | None:
-        return WindowNLL(options["averaging"]) if options["mode"] == "window" else None
+        return WindowNLL(options["averaging"], options["loss_dtype"]) if options["mode"] == "window" else None
 
     def evaluate(self, model: LoadedModel, tokens: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         if options["mode"] != "sliding":

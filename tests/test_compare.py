@@ -42,6 +42,19 @@ def test_bisection_reproduces_the_reference_protocol_steps():
     assert [round(p["params"]["sparsity"], 4) for p in path] == [0.4, 0.2, 0.1, 0.15, 0.175, 0.1625]
 
 
+def test_bisection_with_rtol_zero_runs_every_step_and_an_exact_hit_moves_toward_less_compression():
+    """The reference loop (``lo = mid if ppl < target else hi = mid``) has no early stop: a step that
+    lands exactly on the target (bfloat16 losses tie often) still halves the interval downward."""
+    session = FakeSession(lambda s: 10 * (1 + round(s, 6)))
+    target = 10 * (1 + 0.3)
+    best, path = bisect_knob(session, "magnitude", {"scope": "matrix"}, "sparsity", 0.0, 0.8, target, 4, 0.0)
+    assert session.tried == pytest.approx([0.4, 0.2, 0.3, 0.25])
+    assert best["sparsity"] == pytest.approx(0.3) and path[2]["relative_gap"] == 0.0
+    session = FakeSession(lambda s: 10 * (1 + round(s, 6)))  # with a tolerance the exact hit stops the search
+    _, path = bisect_knob(session, "magnitude", {"scope": "matrix"}, "sparsity", 0.0, 0.8, target, 4, 1e-9)
+    assert len(path) == 3
+
+
 def test_bisection_stops_at_tolerance_and_handles_decreasing_integer_knobs():
     session = FakeSession(lambda s: 10 * (1 + s))
     _, path = bisect_knob(session, "magnitude", {"scope": "matrix"}, "sparsity", 0.0, 0.8, 10 * 1.2, 20, 0.01)

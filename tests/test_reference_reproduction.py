@@ -607,16 +607,21 @@ def test_gemma_bf16_pruning_with_ties_matches_the_reference(gemma_runs, gemma_re
     _matches(_rows(run, "pruning"), gemma_ref["conditions"]["prune"], _entry(run, "pruning"))
 
 
+def _loss_dtype(run) -> str:
+    """Where the run computed its loss (the perplexity metric's ``loss_dtype`` option)."""
+    return str(run.run["options"].get("metric_options", {}).get("perplexity", {}).get("loss_dtype", "float32"))
+
+
 def test_gemma_perplexity_matches_the_reference(gemma_runs, gemma_ref):
-    """TransformerLens computes Gemma's loss in bfloat16; featsurv in float32 from the same logits."""
+    """TransformerLens computes Gemma's loss in bfloat16; the preset's ``loss_dtype = "logits"`` does too."""
     def check():
         assert gemma_runs["rtn"].summary["baseline"]["perplexity"] == pytest.approx(gemma_ref["fp"], rel=1e-5)
         for bits in G_BITS:
             want = gemma_ref["conditions"][f"rtn{bits}"]["perplexity"]
             assert _entry(gemma_runs["rtn"], "rtn", bits=bits)["perplexity"] == pytest.approx(want, rel=1e-5)
 
-    _xfail_unless(False, "TransformerLens's bfloat16 loss (log_softmax and mean in bfloat16) is not featsurv's "
-                  "float32 cross-entropy (docs/reproducing.md, what no option changes)", check)
+    _xfail_unless(_loss_dtype(gemma_runs["rtn"]) == "logits", "TransformerLens's bfloat16 loss (log_softmax and "
+                  "mean in bfloat16) is not featsurv's float32 cross-entropy", check)
 
 
 def test_gemma_subset_search_matches_the_reference(gemma_runs, gemma_ref):
@@ -627,4 +632,5 @@ def test_gemma_subset_search_matches_the_reference(gemma_runs, gemma_ref):
             [s["sparsity"] for s in gemma_ref["path"]], abs=1e-12)
         assert comp["matched_params"]["sparsity"] == pytest.approx(gemma_ref["chosen"], abs=1e-12)
 
-    _xfail_unless(False, "the search compares perplexities, which differ in bfloat16 (see above)", check)
+    _xfail_unless(_loss_dtype(gemma_runs["compare"]) == "logits",
+                  "the search compares perplexities, which differ in bfloat16 (see above)", check)

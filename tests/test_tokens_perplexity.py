@@ -86,6 +86,30 @@ def test_window_nll_scores_in_place_like_a_hand_log_softmax():
     assert math.isnan(WindowNLL().result()["perplexity"])
 
 
+@pytest.mark.parametrize("averaging", ["batch", "token"])
+def test_window_nll_in_the_logits_dtype_is_transformer_lens_loss(averaging):
+    """``loss_dtype="logits"``: each batch's loss is TransformerLens's ``lm_cross_entropy_loss`` of the
+    bfloat16 logits, bit for bit (a bfloat16 number), not the float32 cross-entropy."""
+    from transformer_lens.utilities.lm_utils import lm_cross_entropy_loss
+
+    gen = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(b, 33, 300, generator=gen).mul(4).to(torch.bfloat16),
+                torch.randint(0, 300, (b, 33), generator=gen)) for b in (1, 2, 1)]
+    acc, f32 = WindowNLL(averaging, "logits"), WindowNLL(averaging)
+    tl = []
+    for logits, ids in batches:
+        acc.update(logits, ids)
+        f32.update(logits, ids)
+        tl.append((lm_cross_entropy_loss(logits, ids).item(), ids[:, 1:].numel()))
+    if averaging == "batch":
+        want = sum(loss for loss, _ in tl) / len(tl)
+    else:
+        want = sum(loss * n for loss, n in tl) / sum(n for _, n in tl)
+    assert acc.result()["nll"] == pytest.approx(want, rel=1e-15)
+    assert acc.result()["nll"] != f32.result()["nll"]
+    assert f32.result()["nll"] == pytest.approx(want, abs=0.05)  # the same loss up to bfloat16 rounding
+
+
 def test_sliding_perplexity_matches_a_hand_loop(tiny_models):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]).eval()
     stream = torch.randint(0, model.config.vocab_size, (50,), generator=torch.Generator().manual_seed(1))

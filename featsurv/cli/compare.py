@@ -44,7 +44,8 @@ def _preset_recipe() -> str:
 @click.option("--steps", type=int, default=None,
               help="Bisection step budget, 1 or more. [default: 8, or the preset's]")
 @click.option("--rtol", type=float, default=None,
-              help="Stop when the matched value is within this relative gap. [default: 0.005, or the preset's]")
+              help="Stop when the matched value is within this relative gap (0: run every step). "
+                   "[default: 0.005, or the preset's]")
 @click.option("--search-tokens", type=int, default=None,
               help="Bisect on the first N audit tokens (target measured on the same subset), then measure the "
                    "chosen setting on all tokens. [default: all tokens, or the preset's]")
