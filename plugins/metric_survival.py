@@ -53,9 +53,28 @@ class SurvivalAccumulator(FeatureAccumulator):
         if self.moments.max_blocks is not None:
             from .survival_bootstrap import bootstrap_band_ci
 
-            summary["ci"] = bootstrap_band_ci(self.moments, active, opts["survived_above"], opts["damaged_below"],
-                                              n_resamples=opts["bootstrap"], seed=opts["seed"])
+            ci = bootstrap_band_ci(self.moments, active, opts["survived_above"], opts["damaged_below"],
+                                   n_resamples=opts["bootstrap"], seed=opts["seed"])
+            if ci["n_resamples"]:
+                ci["excludes_estimate"] = excluded_bands(summary, ci)
+            summary["ci"] = ci
         return FeatureResult(summary, {"r": r, "band": band, "active": active, "silenced": silenced})
+
+
+def excluded_bands(summary: dict[str, Any], ci: dict[str, Any]) -> list[str]:
+    """The bands whose point fraction lies outside its own percentile interval.
+
+    It happens when per-feature r is unstable at the token budget (features firing on a few
+    contexts): resampling spreads r further and pulls the fractions toward the middle, so the
+    interval measures that instability, not the estimate's uncertainty. Said, never hidden.
+    """
+    out = []
+    for b in BANDS:
+        lo, hi = ci.get(b, (float("nan"), float("nan")))
+        point = summary.get(b)
+        if point is not None and lo == lo and hi == hi and not (lo - 1e-12 <= point <= hi + 1e-12):
+            out.append(b)
+    return out
 
 
 class Survival(Metric):

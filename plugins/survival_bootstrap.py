@@ -59,8 +59,13 @@ def _pooling_terms(n: np.ndarray, m: Any) -> tuple[Any, Any, Any]:
 
 
 def _count_bands(s: Any, shift_x: Any, shift_y: Any, survived_above: float, damaged_below: float,
-                 buf: Any) -> tuple[Any, Any]:
-    """Per-resample counts of survived and damaged features from the sums ``s [R, 5, w]``.
+                 buf: Any) -> tuple[Any, Any, Any]:
+    """Per-resample counts of survived, damaged and FP-constant features from the sums ``s [R, 5, w]``.
+
+    A feature whose FP values are constant in a resample (a rare feature none of whose firing
+    contexts was drawn) has no r there: it is left out of that resample's fractions, not counted
+    as damaged. A feature whose compressed values are constant while its FP values vary is r = 0
+    (silenced), as in the point r.
 
     The block weights were divided by each resample's token count N, so ``s`` holds the sums
     over N: ``s0 = mean_x - shift_x``, ``s2 = (M2x + N (mean_x - shift_x)^2) / N``, and so on; r
@@ -74,21 +79,21 @@ def _count_bands(s: Any, shift_x: Any, shift_y: Any, survived_above: float, dama
     m2x.addcmul_(tx, tx, value=-1)
     m2y.addcmul_(ty, ty, value=-1)
     cxy.addcmul_(tx, ty, value=-1)
-    const = None
+    consts = []
     for t, shift, m2 in ((tx, shift_x, m2x), (ty, shift_y, m2y)):
         mean = t.add_(shift)
         torch.addcmul(m2, mean, mean, value=-CONST_REL, out=buf)
-        c = buf <= (shift * shift).mul_(CONST_REL)
-        const = c if const is None else const.logical_or_(c)
+        consts.append(buf <= (shift * shift).mul_(CONST_REL))
+    fp_const, const = consts[0], consts[1].logical_or_(consts[0])
     r = m2x.mul_(m2y).rsqrt_().mul_(cxy)
     if not (-1.0 < damaged_below and survived_above < 1.0):  # only then can rounding past +-1 matter
         r.clamp_(-1.0, 1.0)
     r.masked_fill_(const, 0.0)
-    surv = r > survived_above
-    dam = r < damaged_below
+    surv = (r > survived_above).logical_and_(~fp_const)
+    dam = (r < damaged_below).logical_and_(~fp_const)
     if damaged_below > survived_above:
         dam &= ~surv
-    return surv.sum(1), dam.sum(1)
+    return surv.sum(1), dam.sum(1), fp_const.sum(1)
 
 
 def _default_chunk(device: Any) -> int:
@@ -103,9 +108,13 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
 
     ``active`` is the boolean mask (length d) of the active features, decided once on all FP
     tokens and held fixed across resamples; fractions are over those features. Each resample
-    draws ``n_blocks`` blocks with replacement (:func:`resample_indices`); a feature constant in a
-    resample (FP or compressed) gets r = 0, as the point r does. Returns ``{"survived": [lo, hi],
-    "blurred": [lo, hi], "damaged": [lo, hi], "n_blocks", "n_resamples", "level"}``. With fewer
+    draws ``n_blocks`` blocks with replacement (:func:`resample_indices`); a feature whose
+    compressed values are constant in a resample gets r = 0, as the point r does, and one whose FP
+    values are constant there (none of its firing blocks drawn) has no r and is left out of that
+    resample's fractions (counting it as damaged would pull every interval below the estimate
+    when features are rare). Returns ``{"survived": [lo, hi], "blurred": [lo, hi], "damaged":
+    [lo, hi], "n_blocks", "n_resamples", "level", "absent"}`` (``absent``: the mean fraction of
+    active features left out per resample). With fewer
     than two blocks, or no active feature, no interval can be formed: the bounds are NaN,
     ``n_resamples`` is 0 and ``note`` says why.
     """
@@ -141,18 +150,28 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
     width = max(1, min(d_act, chunk // rows))
     surv = torch.zeros(n_resamples, dtype=torch.long, device=dev)
     dam = torch.zeros_like(surv)
+    absent = torch.zeros_like(surv)
     buf = torch.empty((rows, width), dtype=torch.float64, device=dev)
     for j in range(0, d_act, width):
         pj = p[:, :, j:j + width].reshape(n_blocks, -1)
         w = pj.shape[1] // 5
         for i in range(0, n_resamples, rows):
             s = (weights[i:i + rows] @ pj).view(-1, 5, w)
-            cs, cd = _count_bands(s, shift_x[j:j + w], shift_y[j:j + w], survived_above, damaged_below,
-                                  buf[:s.shape[0], :w])
+            cs, cd, cc = _count_bands(s, shift_x[j:j + w], shift_y[j:j + w], survived_above, damaged_below,
+                                      buf[:s.shape[0], :w])
             surv[i:i + rows] += cs
             dam[i:i + rows] += cd
+            absent[i:i + rows] += cc
     surv_n, dam_n = surv.cpu().numpy(), dam.cpu().numpy()
-    fracs = {"survived": surv_n / d_act, "blurred": (d_act - surv_n - dam_n) / d_act, "damaged": dam_n / d_act}
+    present = d_act - absent.cpu().numpy()  # the active features that have an r in each resample
+    keep = present > 0
+    out["absent"] = float(np.mean(1.0 - present / d_act))
+    if not keep.any():
+        out.update({b: [float("nan"), float("nan")] for b in BANDS})
+        out.update(n_resamples=0, note="no active feature varies in any resample")
+        return out
+    surv_n, dam_n, present = surv_n[keep], dam_n[keep], present[keep]
+    fracs = {"survived": surv_n / present, "blurred": (present - surv_n - dam_n) / present, "damaged": dam_n / present}
     alpha = (1.0 - level) / 2.0
     for b in BANDS:
         lo, hi = np.quantile(fracs[b], [alpha, 1.0 - alpha])

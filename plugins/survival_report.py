@@ -35,7 +35,11 @@ def row_notes(entry: dict[str, Any]) -> list[str]:
     ci = entry.get("ci") or {}
     lohi = ci.get("survived") if isinstance(ci, dict) else None
     if lohi and len(lohi) == 2 and None not in lohi:
-        return [f"95% CI survived {_pct(lohi[0])}-{_pct(lohi[1])}"]
+        note = f"95% CI survived {_pct(lohi[0])}-{_pct(lohi[1])}"
+        if ci.get("excludes_estimate"):
+            note += (f" (excludes the {'/'.join(ci['excludes_estimate'])} estimate: per-feature r is unstable at "
+                     "this budget; audit more --tokens)")
+        return [note]
     return []
 
 

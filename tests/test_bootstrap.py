@@ -130,10 +130,16 @@ def test_bootstrap_matches_token_level_oracle(chunk_elements):
     ci = bootstrap_band_ci(bm, active, n_resamples=n_res, seed=seed, level=0.9, chunk_elements=chunk_elements)
     idx = resample_indices(len(xs), n_res, seed)
     fr = {b: [] for b in ("survived", "blurred", "damaged")}
+    absent = []
     for row in idx:
-        r = _oracle_r(xs, ys, row)[active]
+        x = np.concatenate([xs[i] for i in row])[:, active]
+        has_r = ~np.all(x == x[0], axis=0)  # a feature constant in the FP resample has no r: left out
+        absent.append(1.0 - has_r.mean())
+        r = _oracle_r(xs, ys, row)[active][has_r]
         for b, v in band_fractions(r).items():
             fr[b].append(float(v))
+    assert 0 < np.mean(absent) < 1  # the rare column 0 is missing from most resamples
+    assert ci["absent"] == pytest.approx(np.mean(absent), abs=1e-12)
     for b in fr:
         lo, hi = np.quantile(fr[b], [0.05, 0.95])
         assert ci[b] == pytest.approx([lo, hi], abs=1e-12), b
@@ -241,21 +247,28 @@ def _run_survival(data, n_resamples, seed):
 # Recorded with the per-context implementation (featsurv.stats.StreamingPearson and
 # featsurv.bootstrap.BlockMoments, commit 9e11c86) before the numerics moved into the plugin;
 # any later implementation must reproduce the bands and intervals exactly for the same seed.
+# Intervals re-recorded on 2026-12-02 for one deliberate rule change (checked against the
+# token-level oracle above): a feature whose FP values are constant in a resample (column 0,
+# rare) is left out of that resample's fractions instead of counted as damaged. The old bounds
+# were A: survived [0.159875, 0.18], blurred [0.395, 0.45], damaged [0.385, 0.43]; B: survived
+# [0.041666, 0.083333], damaged [0.458333, 0.625]; the point bands are unchanged.
 GOLDEN = {
     "A": (dict(), 400, 7, {
         "n_features": 200, "n_active": 200, "survived": 0.17, "blurred": 0.425, "damaged": 0.405,
         "mean_r": 0.6039787385001908, "median_r": 0.5903291586046882, "n_silenced": 2,
         "counts": {"survived": 34, "blurred": 85, "damaged": 81},
-        "ci": {"n_blocks": 35, "n_resamples": 400, "level": 0.95, "survived": [0.15987500000000004, 0.18],
-               "blurred": [0.395, 0.45], "damaged": [0.385, 0.43]}}),
+        "ci": {"n_blocks": 35, "n_resamples": 400, "level": 0.95, "absent": 0.0019125000000000017,
+               "survived": [0.1598944723618091, 0.18090452261306533], "blurred": [0.395, 0.45226130653266333],
+               "damaged": [0.3849227386934674, 0.43], "excludes_estimate": []}}),
     # 299 non-empty contexts: more than 256 blocks, so neighbouring blocks are merged pairwise
     "B": (dict(seed=3, d=24, n_batches=100, per_batch=3, lo=2, hi=9), 300, 1, {
         "n_features": 24, "n_active": 24, "survived": 0.08333333333333333, "blurred": 0.4166666666666667,
         "damaged": 0.5, "mean_r": 0.4673689942142996, "median_r": 0.49147471829288386, "n_silenced": 2,
         "counts": {"survived": 2, "blurred": 10, "damaged": 12},
-        "ci": {"n_blocks": 150, "n_resamples": 300, "level": 0.95,
-               "survived": [0.041666666666666664, 0.08333333333333333],
-               "blurred": [0.3333333333333333, 0.4583333333333333], "damaged": [0.4583333333333333, 0.625]}}),
+        "ci": {"n_blocks": 150, "n_resamples": 300, "level": 0.95, "absent": 0.015833333333333317,
+               "survived": [0.043478260869565216, 0.08333333333333333],
+               "blurred": [0.3333333333333333, 0.4583333333333333],
+               "damaged": [0.4583333333333333, 0.6086956521739131], "excludes_estimate": []}}),
 }
 
 
@@ -275,3 +288,39 @@ def test_survival_output_pinned_for_a_fixed_seed(case):
     oracle = [_pearson_or_zero(x[:, j], y[:, j]) for j in range(x.shape[1])]
     np.testing.assert_allclose(res.per_feature["r"], oracle, rtol=0, atol=1e-9)
     assert np.flatnonzero(res.per_feature["silenced"]).tolist() == [1, 2]
+
+
+def _rare_near_threshold(d=80, n_ctx=16, t=24, target=0.905, seed=7):
+    """Features each firing in two of ``n_ctx`` contexts: compressed = FP in one, FP plus noise in
+    the other, the noise set (bisection) so that r on all tokens is ``target``."""
+    rng = np.random.default_rng(seed)
+    x, y = np.zeros((n_ctx, t, d)), np.zeros((n_ctx, t, d))
+    for j in range(d):
+        a, b = j % n_ctx, (j + 5) % n_ctx
+        u, v, e = rng.uniform(0.5, 2.0, 6), rng.uniform(0.5, 2.0, 6), rng.normal(size=6)
+        x[a, :6, j] = y[a, :6, j] = u
+        x[b, :6, j] = v
+        lo, hi = 0.0, 10.0
+        for _ in range(60):
+            y[b, :6, j] = v + (lo + hi) / 2 * e
+            r = np.corrcoef(x[:, :, j].ravel(), y[:, :, j].ravel())[0, 1]
+            lo, hi = ((lo + hi) / 2, hi) if r > target else (lo, (lo + hi) / 2)
+        y[b, :6, j] = v + lo * e
+    return [([t], x[c].astype(np.float32), y[c].astype(np.float32)) for c in range(n_ctx)]
+
+
+def test_an_interval_that_excludes_its_estimate_is_flagged_and_said():
+    """Every feature survives on all tokens (r = 0.905) but hinges on which of its two contexts a
+    resample draws more often: the percentile interval of survived lies far below the point 100%.
+    The summary lists the band and the command line's note says so."""
+    from featsurv_plugins.survival_report import row_notes
+
+    summary = _run_survival(_rare_near_threshold(), 300, 0).summary
+    lo, hi = summary["ci"]["survived"]
+    assert summary["survived"] == 1.0 and hi < 0.9
+    assert "survived" in summary["ci"]["excludes_estimate"]
+    note = row_notes(summary)[0]
+    assert "excludes the" in note and "more --tokens" in note
+    # an interval that brackets its estimate is not flagged (golden case A above)
+    kwargs, n_res, seed, _ = GOLDEN["A"]
+    assert _run_survival(_golden_batches(**kwargs), n_res, seed).summary["ci"]["excludes_estimate"] == []

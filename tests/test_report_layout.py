@@ -236,3 +236,14 @@ def test_a_constant_decoder_norm_column_is_left_out(tmp_path, noise, shown):
     worst = html.split("Most damaged features")[1].split("<h2>Run")[0]
     assert ("<th>decoder_norm</th>" in worst) is shown
     assert "<th>encoder_bias</th>" in worst
+
+
+def test_an_interval_that_excludes_its_estimate_is_said_under_the_table(tmp_path):
+    run = synth_run()
+    assert 'id="ci-excludes-estimate"' not in write_report(run, tmp_path / "a").read_text()
+    entry = run.summary["results"][1]
+    entry["ci"]["survived"] = [entry["survived"] + 0.05, entry["survived"] + 0.08]
+    entry["ci"]["excludes_estimate"] = ["survived"]
+    html = write_report(run, tmp_path / "b").read_text()
+    note = re.search(r'<p class="note warn" id="ci-excludes-estimate">(.*?)</p>', html, re.S)
+    assert note and entry["label"] in note.group(1) and "more tokens" in note.group(1)

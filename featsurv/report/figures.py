@@ -91,11 +91,12 @@ def fig_bands(rows: Sequence[dict[str, Any]]) -> Any:
         s, d = _num(row.get("survived")), _num(row.get("damaged"))
         sci, dci = ci.get("survived"), ci.get("damaged")
         if s is not None and sci and None not in sci and all(_num(v) is not None for v in sci):
-            ax.errorbar(s, y, xerr=[[max(s - sci[0], 0)], [max(sci[1] - s, 0)]], fmt="none",
-                        ecolor="black", capsize=3, lw=1)
+            # the interval as it is, centred on itself (it can exclude the estimate: see docs/measurement.md)
+            ax.errorbar((sci[0] + sci[1]) / 2, y, xerr=(sci[1] - sci[0]) / 2, fmt="none", ecolor="black",
+                        capsize=3, lw=1)
         if d is not None and dci and None not in dci and all(_num(v) is not None for v in dci) and d > 0:
             x = 1.0 - d
-            ax.errorbar(x, y, xerr=[[max(dci[1] - d, 0)], [max(d - dci[0], 0)]], fmt="none",
+            ax.errorbar(1.0 - (dci[0] + dci[1]) / 2, y, xerr=(dci[1] - dci[0]) / 2, fmt="none",
                         ecolor="black", capsize=3, lw=1)
         note = f"ppl {_pct(row.get('perplexity_change'))}"
         if row.get("misses"):
@@ -270,7 +271,7 @@ def fig_survival_vs_ppl(points: Sequence[dict[str, Any]], ppl_tolerance: float =
         x, y = float(p["perplexity_change"]), float(p["survived"])
         ci = _ci_of(p)
         if ci is not None:
-            ax.errorbar(x, y, yerr=[[max(y - ci[0], 0.0)], [max(ci[1] - y, 0.0)]], fmt="none", ecolor=colour,
+            ax.errorbar(x, (ci[0] + ci[1]) / 2, yerr=(ci[1] - ci[0]) / 2, fmt="none", ecolor=colour,
                         elinewidth=1, capsize=3, zorder=2)
         ax.scatter(x, y, s=40 if miss else 28, color=colour, zorder=3, marker="D" if miss else "o")
         labels.append((x, y, str(p["name"]), ALERT if miss else "black"))

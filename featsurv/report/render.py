@@ -82,6 +82,13 @@ def results_table(summary: dict[str, Any], metrics: list[Any]) -> str:
     out.append('<div class="wide results">' + H.table(headers, rows, left=left, row_classes=classes) + "</div>")
     if has_ci:
         out.append('<p class="note">Second line: bootstrap 95% confidence interval over blocks of contexts.</p>')
+        off = [str(e.get("label")) for e in entries
+               if isinstance(e.get("ci"), dict) and e["ci"].get("excludes_estimate")]
+        if off:
+            out.append('<p class="note warn" id="ci-excludes-estimate">⚠ The interval excludes its own estimate for '
+                       + H.esc(", ".join(off)) + ": per-feature r is unstable at this token budget (features fire "
+                       "on few contexts), so resampling moves the fractions; read these intervals as a sign to "
+                       "audit more tokens, not as the estimate's uncertainty.</p>")
     params = {str(e.get("label")): (e.get("compressor", ""), _params(e.get("params"))) for e in entries}
     prow = [[label, comp, text] for label, (comp, text) in params.items()]
     out.append('<details><summary>Parameters of each configuration</summary><div class="wide wrapcells">'
