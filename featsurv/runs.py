@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from .assembly import assemble
 from .audit import AuditOptions, AuditSession
 from .results import RunResult, check_out_dir, write_run
+from .tables import write_parquet
 
 Configuration = tuple[str, dict[str, Any]]
 
@@ -27,7 +28,7 @@ def finish(session: AuditSession, result: RunResult, out_dir: str | Path | None,
     if out_dir is False:
         return result
     for name, table in (result.extra.get("tables") or {}).items():  # written with the data, listed in the manifest
-        result.files[name] = lambda path, table=table: table.to_parquet(path, index=False)
+        result.files[name] = lambda path, table=table: write_parquet(table, path)
     from .report import write_report
 
     def render(tmp: Path) -> None:  # the report is built with the data, before the folder is put in place

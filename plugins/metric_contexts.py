@@ -149,39 +149,66 @@ def token_strings(tokenizer: Any, ids: Any, cache: dict[int, str] | None = None)
     return table
 
 
-def list_column(values: Any) -> list[Any]:
-    """A 2-D array ``[rows, width]`` as a list column: one row view per row (written to Parquet as
-    a list column; object-typed in pandas so that Parquet round-trips it)."""
+def list_column(values: Any) -> Any:
+    """A 2-D array ``[rows, width]`` as an Arrow-backed pandas list column: one flat buffer and
+    offsets, no Python object per row (Parquet writes it as a list column without converting).
+    NaN becomes null, as pandas' conversion of the object column it replaces did."""
     import numpy as np
+    import pyarrow as pa
 
-    return list(np.asarray(values))
+    arr = np.ascontiguousarray(values)
+    return _list_array(pa.array(arr.reshape(-1), from_pandas=True), arr.shape[0], arr.shape[1])
+
+
+def _list_array(flat: Any, rows: int, width: int) -> Any:
+    """``rows`` lists of ``width`` items each over the flat Arrow array ``flat``."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * np.int32(width))
+    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, flat))
 
 
 LIST_COLUMNS = ("window_ids", "window_tokens", "fp_window", "compressed_window")
 
 
-def _rows(fp: FPContexts, kind: str, feat: Any, rank: Any, key: Any, ids: Any, fp_act: Any, fp_win: Any) -> dict[str, Any]:
-    """The configuration-independent columns of one kind's rows (list columns as 2-D arrays)."""
+def _strings(fp: FPContexts, ids: Any) -> tuple[Any, Any]:
+    """``window_tokens`` (flat Arrow strings, ``""`` for -1) and ``text`` (their join per row)."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, width = ids.shape
+    table = token_strings(fp.tokenizer, ids, fp.cache.setdefault("strings", {}))  # -1 -> the last slot, ""
+    flat = pc.take(pa.array(table.tolist(), type=pa.string()),
+                   pa.array(np.where(ids < 0, len(table) - 1, ids).reshape(-1).astype(np.int64)))
+    text = pc.binary_join(_list_array(flat, n, width)._pa_array, "").cast(pa.large_string())
+    return flat, text
+
+
+def _rows(fp: FPContexts, kind: str, feat: Any, rank: Any, key: Any, ids: Any, fp_act: Any, fp_win: Any) -> dict[str, Any]:
+    """The configuration-independent columns of one kind's rows (list columns as Arrow lists)."""
+    import numpy as np
+    import pandas as pd
 
     c, w = max(fp.context_length, 1), fp.window
     n, width = len(feat), 2 * w + 1
-    ids = np.asarray(ids if ids is not None else np.full((n, width), -1), dtype=np.int32)
-    toks = token_strings(fp.tokenizer, ids, fp.cache.setdefault("strings", {}))[ids]  # -1 -> ""
+    ids = np.asarray(ids if ids is not None else np.full((n, width), -1), dtype=np.int32).reshape(n, width)
+    toks, text = _strings(fp, ids)
     fp_win = np.asarray(fp_win, dtype=np.float32) if fp_win is not None else np.full((n, width), np.nan, np.float32)
-    text = np.empty(n, dtype=object)
-    text[:] = ["".join(row) for row in toks.tolist()]
     return {"feature": np.asarray(feat, dtype=np.int32), "kind": np.full(n, kind, dtype=object),
             "rank": np.asarray(rank, dtype=np.int16), "context": (key // c).astype(np.int32),
             "position": (key % c).astype(np.int32), "window_start": (key % c - w).astype(np.int32),
             "target": np.full(n, w, dtype=np.int16), "fp_act": np.asarray(fp_act, dtype=np.float32),
-            "text": text, "window_ids": ids, "window_tokens": toks, "fp_window": fp_win}
+            "text": pd.arrays.ArrowExtensionArray(text), "window_ids": list_column(ids),
+            "window_tokens": _list_array(toks, n, width), "fp_window": list_column(fp_win.reshape(n, width))}
 
 
 def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_fp: Any, both_c: Any) -> Any:
     """The ``contexts`` rows of one (configuration, hook): the FP top-k rows, then the compressed
     top-k rows, each by feature and rank. The FP rows' configuration-independent columns are
-    built once per hook and reused."""
+    built once per hook and reused (Arrow buffers, shared, not copied)."""
     import numpy as np
     import pandas as pd
 
@@ -194,19 +221,19 @@ def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_f
     if len(e):
         parts.append({**fp.cache["fp_rows"], "compressed_act": np.asarray(comp_act, dtype=np.float32),
                       "in_both": np.asarray(both_fp, dtype=bool),
-                      "compressed_window": np.asarray(comp_window, dtype=np.float32).reshape(len(e), width)})
+                      "compressed_window": list_column(np.asarray(comp_window, dtype=np.float32).reshape(len(e), width))})
     if len(ce):
         fp_act = ce.payload["fp_act"][:, 0] if "fp_act" in ce.payload else np.full(len(ce), np.nan)
         cw = ce.payload.get("compressed_window")
         parts.append({
             **_rows(fp, KINDS[1], ce.feature, ce.rank, ce.key, ce.payload.get("ids"), fp_act, ce.payload.get("fp_window")),
             "compressed_act": np.asarray(ce.value, dtype=np.float32), "in_both": np.asarray(both_c, dtype=bool),
-            "compressed_window": np.asarray(cw if cw is not None else np.full((len(ce), width), np.nan), dtype=np.float32)})
+            "compressed_window": list_column(np.asarray(cw if cw is not None else np.full((len(ce), width), np.nan),
+                                                        dtype=np.float32).reshape(len(ce), width))})
     if not parts:
         return pd.DataFrame({col: [] for col in COLUMNS})
     # the fp_top rows, then the compressed_top rows, each by feature and rank (as the entries come)
-    return pd.DataFrame({col: ([x for p in parts for x in list_column(p[col])] if col in LIST_COLUMNS
-                               else np.concatenate([p[col] for p in parts])) for col in COLUMNS})
+    return pd.concat([pd.DataFrame({col: p[col] for col in COLUMNS}) for p in parts], ignore_index=True)
 
 
 COLUMNS = ("feature", "kind", "rank", "context", "position", "window_start", "target", "fp_act",

@@ -61,12 +61,13 @@ def write_piece(session: Any, outcome: Any, job: Job, piece: Piece, out: Path) -
     """One configuration's run folder (data, metric tables, manifest), written atomically."""
     from ..assembly import assemble
     from ..results import write_run
+    from ..tables import write_parquet
 
     result = assemble(session, [outcome], f"sweep {job.model}",
                       extra_run={"sweep_job": job.id, "sweep_piece": piece.key, "sweep_model": job.model})
     session.metrics.analyze(result, session.progress)
     for name, table in (result.extra.get("tables") or {}).items():
-        result.files[name] = lambda path, table=table: table.to_parquet(path, index=False)
+        result.files[name] = lambda path, table=table: write_parquet(table, path)
     return write_run(piece_path(out, job, piece), result)
 
 

@@ -1,0 +1,26 @@
+"""Writing a metric's extra table (a pandas DataFrame) to Parquet."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_parquet(frame: Any, path: str | Path) -> None:
+    """``frame`` to ``path`` as ``DataFrame.to_parquet(index=False)`` would, except that columns
+    held in Arrow (``pd.ArrowDtype``: list and string columns built without a Python object per
+    row) are recorded in the pandas metadata as the object / str columns they read back as, so
+    that ``pd.read_parquet`` with either dtype backend reads the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    if b"pandas" in meta:
+        pandas_meta = json.loads(meta[b"pandas"])
+        for col in pandas_meta.get("columns", []):
+            if str(col.get("numpy_type", "")).endswith("[pyarrow]"):
+                col["numpy_type"] = "str" if col.get("pandas_type") in ("unicode", "string") else "object"
+        meta[b"pandas"] = json.dumps(pandas_meta).encode()
+        table = table.replace_schema_metadata(meta)
+    pq.write_table(table, str(path))
