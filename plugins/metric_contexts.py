@@ -151,13 +151,13 @@ def token_strings(tokenizer: Any, ids: Any, cache: dict[int, str] | None = None)
 
 def list_column(values: Any) -> Any:
     """A 2-D array ``[rows, width]`` as an Arrow-backed pandas list column: one flat buffer and
-    offsets, no Python object per row (Parquet writes it as a list column without converting).
-    NaN becomes null, as pandas' conversion of the object column it replaces did."""
+    offsets, no Python object per row (Parquet writes it as a list column without converting;
+    :func:`featsurv.tables.write_parquet` stores NaN as null, as the object column it replaces was)."""
     import numpy as np
     import pyarrow as pa
 
     arr = np.ascontiguousarray(values)
-    return _list_array(pa.array(arr.reshape(-1), from_pandas=True), arr.shape[0], arr.shape[1])
+    return _list_array(pa.array(arr.reshape(-1)), arr.shape[0], arr.shape[1])
 
 
 def _list_array(flat: Any, rows: int, width: int) -> Any:
