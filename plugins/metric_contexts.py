@@ -244,12 +244,14 @@ class Contexts(Metric):
     name = "contexts"
     description = "Top-activating contexts per feature under FP and compression (explorer.html, `featsurv features`)"
     options = (
-        Param("k", int, 20, "top-activating contexts kept per feature", minimum=1, maximum=1000, flag="contexts-k"),
+        Param("k", int, 20, "top-activating contexts kept per feature (0: none: no top-k, no contexts.parquet; "
+              "the explorer shows the feature table only)", minimum=0, maximum=1000, flag="contexts-k"),
         Param("window", int, 8, "tokens kept either side of each context's activating token", minimum=0, maximum=64),
     )
 
-    def fp_accumulator(self, d_sae: int, options: dict[str, Any]) -> FPAccumulator:
-        return ContextsFPAccumulator(d_sae, int(options.get("k", 20)), int(options.get("window", 8)))
+    def fp_accumulator(self, d_sae: int, options: dict[str, Any]) -> FPAccumulator | None:
+        k = int(options.get("k", 20))
+        return ContextsFPAccumulator(d_sae, k, int(options.get("window", 8))) if k > 0 else None
 
     def feature_accumulator(self, d_sae: int, options: dict[str, Any], fp_result: Any = None) -> FeatureAccumulator | None:
         if fp_result is None:  # a host without FP accumulators: nothing to compare against

@@ -285,3 +285,28 @@ def test_neuronpedia_id_from_saelens_metadata(tmp_path, tiny_models):
     (d / "cfg.json").write_text(json.dumps(cfg))
     assert SaeLensSource().load(str(d)).neuronpedia_id == "tiny-model/1-res-test"
     assert SaeLensSource().load(str(write_exact_sae(tmp_path / "plain", 32, "blocks.1.hook_resid_post"))).neuronpedia_id is None
+
+
+def test_contexts_k_zero_keeps_no_contexts_and_the_same_survival(tmp_path, tiny_models, tiny_sae, tiny_corpus):
+    """``--contexts-k 0``: no top-k, no contexts.parquet, an explorer without contexts; every other
+    result as with contexts."""
+    from featsurv.cli import cli
+
+    model = tiny_models["gpt_neox"]
+    base = ["audit", "rtn", "-p", "bits=4", "--model", str(model), "--sae", str(tiny_sae(model)), "--dataset",
+            str(tiny_corpus), "--tokens", "512", "--context", "32", "--bootstrap", "0", "-q"]
+    runs = {}
+    for k in ("0", "3"):
+        res = CliRunner().invoke(cli, [*base, "--contexts-k", k, "--out", str(tmp_path / k)])
+        assert res.exit_code == 0, res.output
+        runs[k] = json.loads((tmp_path / k / "summary.json").read_text())["results"][0]
+    assert not (tmp_path / "0" / "contexts.parquet").exists() and (tmp_path / "3" / "contexts.parquet").is_file()
+    assert "contexts" not in runs["0"].get("metrics", {}) and runs["3"]["metrics"]["contexts"]["k"] == 3
+    assert "no contexts (the contexts metric did not run)" in (tmp_path / "0" / "report.html").read_text()
+    assert (tmp_path / "0" / "explorer.html").is_file()
+    for key in ("survived", "blurred", "damaged", "mean_r", "perplexity"):
+        assert runs["0"][key] == runs["3"][key], key
+    a = pd.read_parquet(tmp_path / "0" / "features.parquet")
+    b = pd.read_parquet(tmp_path / "3" / "features.parquet")
+    np.testing.assert_array_equal(a["r"].to_numpy(), b["r"].to_numpy())
+    assert "contexts.top_overlap" not in a.columns
