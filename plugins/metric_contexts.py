@@ -156,25 +156,23 @@ def list_column(values: Any) -> Any:
     import numpy as np
     import pyarrow as pa
 
+    import pandas as pd
+
     arr = np.ascontiguousarray(values)
-    return _list_array(pa.array(arr.reshape(-1)), arr.shape[0], arr.shape[1])
+    return pd.arrays.ArrowExtensionArray(_list_array(pa.array(arr.reshape(-1)), arr.shape[0], arr.shape[1]))
 
 
 def _list_array(flat: Any, rows: int, width: int) -> Any:
-    """``rows`` lists of ``width`` items each over the flat Arrow array ``flat``."""
+    """``rows`` Arrow lists of ``width`` items each over the flat Arrow array ``flat``."""
     import numpy as np
-    import pandas as pd
     import pyarrow as pa
 
     offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * np.int32(width))
-    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, flat))
-
-
-LIST_COLUMNS = ("window_ids", "window_tokens", "fp_window", "compressed_window")
+    return pa.ListArray.from_arrays(offsets, flat)
 
 
 def _strings(fp: FPContexts, ids: Any) -> tuple[Any, Any]:
-    """``window_tokens`` (flat Arrow strings, ``""`` for -1) and ``text`` (their join per row)."""
+    """``window_tokens`` (Arrow lists of strings, ``""`` for -1) and ``text`` (their join per row)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -183,8 +181,8 @@ def _strings(fp: FPContexts, ids: Any) -> tuple[Any, Any]:
     table = token_strings(fp.tokenizer, ids, fp.cache.setdefault("strings", {}))  # -1 -> the last slot, ""
     flat = pc.take(pa.array(table.tolist(), type=pa.string()),
                    pa.array(np.where(ids < 0, len(table) - 1, ids).reshape(-1).astype(np.int64)))
-    text = pc.binary_join(_list_array(flat, n, width)._pa_array, "").cast(pa.large_string())
-    return flat, text
+    tokens = _list_array(flat, n, width)
+    return tokens, pc.binary_join(tokens, "").cast(pa.large_string())
 
 
 def _rows(fp: FPContexts, kind: str, feat: Any, rank: Any, key: Any, ids: Any, fp_act: Any, fp_win: Any) -> dict[str, Any]:
@@ -202,7 +200,7 @@ def _rows(fp: FPContexts, kind: str, feat: Any, rank: Any, key: Any, ids: Any, f
             "position": (key % c).astype(np.int32), "window_start": (key % c - w).astype(np.int32),
             "target": np.full(n, w, dtype=np.int16), "fp_act": np.asarray(fp_act, dtype=np.float32),
             "text": pd.arrays.ArrowExtensionArray(text), "window_ids": list_column(ids),
-            "window_tokens": _list_array(toks, n, width), "fp_window": list_column(fp_win.reshape(n, width))}
+            "window_tokens": pd.arrays.ArrowExtensionArray(toks), "fp_window": list_column(fp_win.reshape(n, width))}
 
 
 def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_fp: Any, both_c: Any) -> Any:

@@ -37,10 +37,7 @@ class WindowNLL(ModelAccumulator):
         b, c, v = logits.shape
         target = F.pad(input_ids[:, 1:], (0, 1), value=-100).reshape(-1)
         loss = F.cross_entropy(logits.reshape(b * c, v).float(), target, ignore_index=-100, reduction="sum")
-        loss = loss.detach().double()  # no per-batch host synchronisation
-        self.nll = loss + self.nll
-        self.count += b * (c - 1)
-        self.batch_losses.append((loss, b * (c - 1)))
+        self._add(loss.detach().double(), b * (c - 1))  # no per-batch host synchronisation
 
     def _update_in_logits_dtype(self, logits, input_ids) -> None:
         """TransformerLens's ``lm_cross_entropy_loss`` as it runs: log_softmax, gather and mean in the
@@ -51,7 +48,10 @@ class WindowNLL(ModelAccumulator):
         predicted = log_probs[..., :-1, :].gather(dim=-1, index=input_ids[..., 1:, None])[..., 0]
         n = predicted.numel()
         # TL's ``-predicted.sum() / n_tokens``: a sum and a quotient each rounded to the logits' dtype
-        loss = (-predicted.sum() / n).detach().double() * n  # the rounded batch mean, as a sum
+        self._add((-predicted.sum() / n).detach().double() * n, n)  # the rounded batch mean, as a sum
+
+    def _add(self, loss, n: int) -> None:
+        """One batch: its summed NLL (a float64 tensor, left on the device) over ``n`` predictions."""
         self.nll = loss + self.nll
         self.count += n
         self.batch_losses.append((loss, n))

@@ -96,6 +96,13 @@ def _count_bands(s: Any, shift_x: Any, shift_y: Any, survived_above: float, dama
     return surv.sum(1), dam.sum(1), fp_const.sum(1)
 
 
+def _no_interval(out: dict[str, Any], note: str) -> dict[str, Any]:
+    """``out`` with NaN bounds, no resamples and the reason."""
+    out.update({b: [float("nan"), float("nan")] for b in BANDS})
+    out.update(n_resamples=0, note=note)
+    return out
+
+
 def _default_chunk(device: Any) -> int:
     """Elements per ``[resamples, features]`` plane of a chunk (each chunk holds about eight)."""
     return 1 << 22 if getattr(device, "type", "cpu") == "cpu" else 1 << 25
@@ -135,9 +142,7 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
     elif n_resamples < 1:
         note = "n_resamples < 1"
     if note:
-        out.update({b: [float("nan"), float("nan")] for b in BANDS})
-        out.update(n_resamples=0, note=note)
-        return out
+        return _no_interval(out, note)
 
     n, m = moments.blocks(active)
     dev, d_act = m.device, m.shape[2]
@@ -167,9 +172,7 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
     keep = present > 0
     out["absent"] = float(np.mean(1.0 - present / d_act))
     if not keep.any():
-        out.update({b: [float("nan"), float("nan")] for b in BANDS})
-        out.update(n_resamples=0, note="no active feature varies in any resample")
-        return out
+        return _no_interval(out, "no active feature varies in any resample")
     surv_n, dam_n, present = surv_n[keep], dam_n[keep], present[keep]
     fracs = {"survived": surv_n / present, "blurred": (present - surv_n - dam_n) / present, "damaged": dam_n / present}
     alpha = (1.0 - level) / 2.0
