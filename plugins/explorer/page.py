@@ -68,8 +68,11 @@ def neuronpedia_ids(summary: dict[str, Any]) -> dict[str, str]:
     return {h: str(s["neuronpedia_id"]) for h, s in saes.items() if isinstance(s, dict) and s.get("neuronpedia_id")}
 
 
-def _stack(column: Any, width: int, fill: Any, dtype: Any) -> Any:
-    """A list column (Arrow-backed, or one array per row) as a 2-D array ``[rows, width]``."""
+def _stack(column: Any, width: int, fill: Any, dtype: Any, rows: Any = None) -> Any:
+    """A list column (Arrow-backed, or one array per row) as a 2-D array ``[rows, width]``.
+
+    ``rows``: the row indexes to keep (default: all), taken from the flat values, not the lists.
+    """
     import numpy as np
     import pandas as pd
     import pyarrow as pa
@@ -81,11 +84,13 @@ def _stack(column: Any, width: int, fill: Any, dtype: Any) -> Any:
         if arr is not None and arr.null_count == 0 and (pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type)):
             lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
             if (lengths == width).all():
-                values = arr.flatten().to_numpy(zero_copy_only=False)
-                return values.reshape(len(column), width).astype(dtype, copy=False)
+                values = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+                return (values if rows is None else values[rows]).astype(dtype, copy=False)
         column = column.to_numpy()
     else:
         column = column.to_numpy() if hasattr(column, "to_numpy") else column
+    if rows is not None:
+        column = np.asarray(column, dtype=object)[rows]
     try:
         out = np.stack(column).astype(dtype) if len(column) else np.full((0, width), fill, dtype=dtype)
         if out.shape == (len(column), width):
@@ -117,31 +122,40 @@ class _Windows:
         import numpy as np
         import pandas as pd
 
-        ctx = contexts[(contexts["rank"] < shown) & contexts["hook"].astype(str).isin(hooks)
-                       & contexts["config"].astype(str).isin(configs)]
-        hook_idx = {h: i for i, h in enumerate(hooks)}
-        conf_idx = {c: i for i, c in enumerate(configs)}
-        self.h = ctx["hook"].astype(str).map(hook_idx).to_numpy(np.int64)
-        self.c = ctx["config"].astype(str).map(conf_idx).to_numpy(np.int64)
-        self.f = ctx["feature"].to_numpy(np.int64)
-        self.kind = (ctx["kind"].astype(str) != "fp_top").to_numpy(np.int64)
-        self.rank = ctx["rank"].to_numpy(np.int64)
-        self.context = ctx["context"].to_numpy(np.int64)
-        self.position = ctx["position"].to_numpy(np.int64)
-        self.start = ctx["window_start"].to_numpy(np.int64)
-        self.fp_act = _round4(ctx["fp_act"].to_numpy(np.float64))
-        self.comp_act = _round4(ctx["compressed_act"].to_numpy(np.float64))
-        self.both = ctx["in_both"].to_numpy(bool)
-        self.window = int((self.position - self.start)[0]) if len(ctx) else 0
+        def codes(name: str, values: list[str]) -> Any:
+            """The column as indexes into ``values`` (-1: not among them)."""
+            return np.asarray(pd.Index(values).get_indexer(contexts[name].astype(str)), dtype=np.int64)
+
+        h_all, c_all = codes("hook", hooks), codes("config", configs)
+        rank_all = contexts["rank"].to_numpy(np.int64)
+        idx = np.flatnonzero((rank_all < shown) & (h_all >= 0) & (c_all >= 0))
+        self.h, self.c, self.rank = h_all[idx], c_all[idx], rank_all[idx]
+
+        def col(name: str, dtype: Any) -> Any:
+            return contexts[name].to_numpy(dtype)[idx]
+
+        self.f = col("feature", np.int64)
+        self.kind = (contexts["kind"].astype(str) != "fp_top").to_numpy(bool)[idx].astype(np.int64)
+        self.context = col("context", np.int64)
+        self.position = col("position", np.int64)
+        self.start = col("window_start", np.int64)
+        self.fp_act = _round4(col("fp_act", np.float64))
+        self.comp_act = _round4(col("compressed_act", np.float64))
+        self.both = col("in_both", bool)
+        self.window = int((self.position - self.start)[0]) if len(idx) else 0
         width = 2 * self.window + 1
-        self.ids = _stack(ctx["window_ids"], width, -1, np.int64)
-        fpw = _stack(ctx["fp_window"], width, np.nan, np.float32)
-        cw = _stack(ctx["compressed_window"], width, np.nan, np.float32)
+        self.ids = _stack(contexts["window_ids"], width, -1, np.int64, idx)
+        fpw = _stack(contexts["fp_window"], width, np.nan, np.float32, idx)
+        cw = _stack(contexts["compressed_window"], width, np.nan, np.float32, idx)
         fpw, cw = np.where(fpw > 0, fpw, 0.0), np.where(cw > 0, cw, 0.0)  # NaN (not kept) -> 0
         peak = np.maximum(fpw.max(axis=1, initial=0.0), cw.max(axis=1, initial=0.0))
-        key = self.h * (1 << 32) + self.f
-        scale = pd.Series(peak).groupby(key).transform("max").to_numpy() if len(ctx) else peak
-        self.scale = np.where(scale > 0, scale, 1.0)
+        self.scale = np.where(peak > 0, peak, 1.0)
+        if len(idx):  # the largest shown activation per (hook, feature)
+            key = self.h * (1 << 32) + self.f
+            uniq, inverse = np.unique(key, return_inverse=True)
+            top = np.zeros(len(uniq), dtype=peak.dtype)
+            np.maximum.at(top, inverse, peak)
+            self.scale = np.where(top[inverse] > 0, top[inverse], 1.0)
         self.sp_fp = self._sparse(fpw)
         self.sp_c = self._sparse(cw)
         # the text of each token id, from its first occurrence
@@ -151,8 +165,8 @@ class _Windows:
         seen[flat[valid]] = valid  # reversed: the first occurrence is written last
         uniq = np.flatnonzero(seen >= 0)
         first = seen[uniq]
-        tokens = ctx["window_tokens"]
-        rows = first // width
+        rows = idx[first // width]
+        tokens = contexts["window_tokens"]
         sub = tokens.iloc[rows] if len(rows) else tokens.iloc[:0]
         self.tok_ids = uniq
         self.tok_strings = [str(list(t)[j]) for t, j in zip(sub.tolist(), (first % width).tolist())]
@@ -173,49 +187,91 @@ class _Windows:
         "c": per configuration [[compressed_act, compressed_digits]...] aligned with "f",
         "t": per configuration its own top: [ctx, pos, compressed_act, fp_act, compressed_digits,
         fp_digits, in_both] or [j] for the shown FP entry j it shares}``; digits: one per window
-        position (see ``_sparse``).
+        position (see ``_sparse``). "f" holds the FP top of the block's first configuration;
+        a configuration without FP-top rows has ``null`` in "c", one without rows of its own
+        top ``null`` in "t". Built with array operations and one string join per list (the
+        feature explorer's blocks for a 16k-wide SAE hold over a million rows).
         """
         import numpy as np
 
+        n = len(self.h)
+        if n == 0:
+            return {}
         order = np.lexsort((self.rank, self.c, self.kind, self.f, self.h))
-        h_, f_, kind_, c_ = self.h.tolist(), self.f.tolist(), self.kind.tolist(), self.c.tolist()
-        cx_, pos_, both_ = self.context.tolist(), self.position.tolist(), self.both.tolist()
-        scale_ = _round4(self.scale)
-        blocks: dict[str, tuple[dict[str, Any], list[int]]] = {}
-        fp_rows: dict[tuple[int, int], int] = {}
-        first_conf = -1
-        for i in order.tolist():
-            name = f"{h_[i]}:{f_[i]}"
-            entry = blocks.get(name)
-            c, spot = c_[i], (cx_[i], pos_[i])
-            if entry is None:
-                entry = blocks[name] = ({"s": scale_[i], "f": [], "c": [None] * n_configs,
-                                         "t": [None] * n_configs}, [])
-                fp_rows, first_conf = {}, c if kind_[i] == 0 else -1
-            block, rows = entry
-            if kind_[i] == 0:
-                if c == first_conf:
-                    fp_rows[spot] = len(block["f"])
-                    block["f"].append([spot[0], spot[1], self.fp_act[i], self.sp_fp[i]])
-                    rows.append(i)
-                lst = block["c"][c]
-                if lst is None:
-                    lst = block["c"][c] = []
-                slot = fp_rows.get(spot)
-                if slot is not None:
-                    lst.extend([None] * (slot + 1 - len(lst)))
-                    lst[slot] = [self.comp_act[i], self.sp_c[i]]
-            else:
-                if block["t"][c] is None:
-                    block["t"][c] = []
-                slot = fp_rows.get(spot) if both_[i] else None
-                if slot is not None:
-                    block["t"][c].append([slot])
-                else:
-                    block["t"][c].append([spot[0], spot[1], self.comp_act[i], self.fp_act[i], self.sp_c[i],
-                                          self.sp_fp[i], 1 if both_[i] else 0])
-                    rows.append(i)
-        return {k: (json.dumps(b, separators=(",", ":"), allow_nan=False), r) for k, (b, r) in blocks.items()}
+        h, f, kind, c = self.h[order], self.f[order], self.kind[order], self.c[order]
+        cx, pos, both = self.context[order], self.position[order], self.both[order]
+        new = np.r_[True, (h[1:] != h[:-1]) | (f[1:] != f[:-1])]
+        bid = np.cumsum(new) - 1
+        starts = np.flatnonzero(new)
+        nb = len(starts)
+        first_conf = np.where(kind[starts] == 0, c[starts], -1)[bid]
+        is_f = (kind == 0) & (c == first_conf)
+        # "f" slots: the rank among the block's FP-top rows of its first configuration
+        f_count = np.cumsum(is_f)
+        f_before = (f_count - is_f)[starts]  # FP-top rows in earlier blocks
+        slot = np.where(is_f, f_count - 1 - f_before[bid], -1)
+        # other rows find the "f" slot of their (context, position) in their block (the last one
+        # wins if a spot repeats, as a dict would)
+        span_p = int(pos.max()) + 1
+        span_c = (int(cx.max()) + 1) * span_p
+        spot = bid * span_c + cx * span_p + pos
+        fk, fs = spot[is_f], slot[is_f]
+        by_key = np.argsort(fk, kind="stable")
+        fk, fs = fk[by_key], fs[by_key]
+        last = np.r_[fk[1:] != fk[:-1], True] if len(fk) else np.zeros(0, bool)
+        fk, fs = fk[last], fs[last]
+        if len(fk):
+            j = np.searchsorted(fk, spot).clip(max=len(fk) - 1)
+            looked = np.where(fk[j] == spot, fs[j], -1)
+        else:
+            looked = np.full(n, -1)
+        slot = np.where(is_f, slot, looked)
+        rows_i = order.tolist()
+        fa = ["null" if self.fp_act[i] is None else repr(self.fp_act[i]) for i in rows_i]
+        ca = ["null" if self.comp_act[i] is None else repr(self.comp_act[i]) for i in rows_i]
+        spf = [self.sp_fp[i] for i in rows_i]
+        spc = [self.sp_c[i] for i in rows_i]
+        cx_, pos_, slot_ = cx.tolist(), pos.tolist(), slot.tolist()
+        # "f": one list per block
+        fi = np.flatnonzero(is_f)
+        f_frag = [f'[{cx_[i]},{pos_[i]},{fa[i]},"{spf[i]}"]' for i in fi.tolist()]
+        f_lists = _joined(f_frag, bid[fi], nb)
+        # "c": per block and configuration, entries placed at their slots (gaps: null)
+        k0 = np.flatnonzero(kind == 0)
+        has_c = _present(bid[k0] * n_configs + c[k0], nb * n_configs)
+        ci = k0[slot[k0] >= 0]
+        g = bid[ci] * n_configs + c[ci]
+        length = np.zeros(nb * n_configs, dtype=np.int64)
+        np.maximum.at(length, g, slot[ci] + 1)
+        offset = np.cumsum(length) - length
+        cells = np.full(int(length.sum()), "null", dtype=object)
+        cells[offset[g] + slot[ci]] = [f'[{ca[i]},"{spc[i]}"]' for i in ci.tolist()]
+        c_lists = _joined(cells.tolist(), np.repeat(np.arange(nb * n_configs), length), nb * n_configs)
+        # "t": per block and configuration, its own top by rank
+        ti = np.flatnonzero(kind == 1)
+        shared = both[ti] & (slot[ti] >= 0)
+        both_ = both.tolist()
+        t_frag = [f"[{slot_[i]}]" if s else
+                  f'[{cx_[i]},{pos_[i]},{ca[i]},{fa[i]},"{spc[i]}","{spf[i]}",{1 if both_[i] else 0}]'
+                  for i, s in zip(ti.tolist(), shared.tolist())]
+        tg = bid[ti] * n_configs + c[ti]
+        t_lists = _joined(t_frag, tg, nb * n_configs)
+        has_t = _present(tg, nb * n_configs)
+        # the rows each block uses: its "f" rows, then its own-top rows not shared with "f"
+        used = np.concatenate([fi, ti[~shared]])
+        used = used[np.lexsort((np.arange(len(used)), bid[used]))]
+        used_rows = np.split(order[used], np.searchsorted(bid[used], np.arange(1, nb)))
+        scale = _round4(self.scale[order[starts]])
+        hs, fs_ = h[starts].tolist(), f[starts].tolist()
+        out: dict[str, tuple[str, list[int]]] = {}
+        for b in range(nb):
+            lo = b * n_configs
+            cs = ",".join(f"[{c_lists[g]}]" if has_c[g] else "null" for g in range(lo, lo + n_configs))
+            ts = ",".join(f"[{t_lists[g]}]" if has_t[g] else "null" for g in range(lo, lo + n_configs))
+            s = "null" if scale[b] is None else repr(scale[b])
+            out[f"{hs[b]}:{fs_[b]}"] = (f'{{"s":{s},"f":[{f_lists[b]}],"c":[{cs}],"t":[{ts}]}}',
+                                        used_rows[b].tolist())
+        return out
 
     def tokens(self, rows: list[int]) -> tuple[list[str], dict[str, list[int]]]:
         """The token table and, per context used by ``rows``, its tokens from the first stored position."""
@@ -244,6 +300,21 @@ class _Windows:
         for i, c in enumerate(used_ctx.tolist()):
             out[str(c)] = [int(lo[i])] + codes[i, lo[i]:hi[i] + 1].tolist()
         return strings, out
+
+
+def _joined(fragments: list[str], group: Any, n_groups: int) -> list[str]:
+    """Per group ``0..n_groups-1``: its fragments (``group`` ascending) joined by commas."""
+    import numpy as np
+
+    bounds = np.searchsorted(np.asarray(group), np.arange(n_groups + 1)).tolist()
+    return [",".join(fragments[bounds[g]:bounds[g + 1]]) for g in range(n_groups)]
+
+
+def _present(group: Any, n_groups: int) -> list[bool]:
+    """Per group: whether any row belongs to it."""
+    import numpy as np
+
+    return (np.bincount(np.asarray(group, dtype=np.int64), minlength=n_groups) > 0).tolist()
 
 
 def _feature_rows(features: Any, hooks: list[str], configs: list[str]) -> list[dict[str, Any]]:
