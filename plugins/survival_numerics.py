@@ -108,15 +108,26 @@ def merge_all(counts: Sequence[int], m: Any) -> tuple[float, Any]:
     return float(n[0]), m[0]
 
 
+#: On the CPU, batches whose FP-or-compressed nonzeros are at most this fraction of the entries
+#: take the sparse path of :func:`context_moments` (SAE features are mostly exact zeros). Tests
+#: set it to 0 or 1 to run one path or the other.
+SPARSE_MAX_DENSITY = 0.25
+
+
 def context_moments(x: Any, y: Any, sizes: Sequence[int]) -> tuple[list[int], Any]:
     """Moments of every non-empty context of one batch: ``(counts, m [C, 5, d])`` in float64.
 
     ``x``, ``y`` are ``[tokens, d]`` (any float dtype, any device); context ``i`` owns the next
-    ``sizes[i]`` rows. One vectorised pass over the batch: the rows are copied to float64 and
-    each context is shifted by its own first row (in place, one slice per context), then
-    ``index_add_`` by context id sums the shifted values, squares and products of all contexts
-    at once. With that shift ``sum (x - s)^2 <= (n + 1) M2``, so turning the sums into centred
+    ``sizes[i]`` rows. Each context is shifted by its own first row ``s``; the sums of the shifted
+    values, squares and products of all contexts are taken at once (``index_add_`` by context
+    id), and with that shift ``sum (x - s)^2 <= (n + 1) M2``, so turning the sums into centred
     moments loses at most ``log2(n + 1)`` bits: centred accuracy without a second pass.
+
+    Two ways to the same sums (equal up to float64 summation order): dense, over every entry
+    copied to float64 (any device); and, on the CPU when at most ``SPARSE_MAX_DENSITY`` of the
+    entries are nonzero in ``x`` or ``y``, sparse: only those entries are summed and the rows
+    where both are exactly 0 (whose shifted values are ``-s_x``, ``-s_y``) are added in closed
+    form, per context and feature, from their count.
     """
     import torch
 
@@ -132,22 +143,16 @@ def context_moments(x: Any, y: Any, sizes: Sequence[int]) -> tuple[list[int], An
         return [], out
     starts = np.cumsum([0] + counts[:-1]).tolist()
     ctx = _context_index(tuple(counts), dev)
-    sums = torch.zeros((5, c, d), dtype=f64, device=dev)  # sum(v - s), then the squares and product
-    shifted = []
-    for k, v in ((MEAN_X, x), (MEAN_Y, y)):
-        dv = v.to(f64, copy=True)
-        for i, (a, n) in enumerate(zip(starts, counts)):
-            out[i, k] = dv[a]
-            dv[a:a + n] -= out[i, k]
-        sums[k].index_add_(0, ctx, dv)
-        shifted.append(dv)
-    dx, dy = shifted
-    sums[CXY].index_add_(0, ctx, dx * dy)
-    sums[M2X].index_add_(0, ctx, dx.square_())
-    sums[M2Y].index_add_(0, ctx, dy.square_())
-    del dx, dy, shifted
-    # mean = s + S1/n; M2 = S2 - S1^2/n; C = Sxy - S1x S1y / n
+    first = torch.as_tensor(starts, dtype=torch.long).to(dev)
+    out[:, MEAN_X] = x.index_select(0, first)
+    out[:, MEAN_Y] = y.index_select(0, first)
     n = _col(np.asarray(counts, dtype=np.float64), out)  # [C, 1]
+    sums = None
+    if dev.type == "cpu" and SPARSE_MAX_DENSITY > 0:
+        sums = _sparse_sums(x, y, ctx, out[:, MEAN_X], out[:, MEAN_Y], n)
+    if sums is None:
+        sums = _dense_sums(x, y, ctx, starts, counts, out)
+    # mean = s + S1/n; M2 = S2 - S1^2/n; C = Sxy - S1x S1y / n
     tx, ty = sums[MEAN_X] / n, sums[MEAN_Y] / n
     out[:, MEAN_X] += tx
     out[:, MEAN_Y] += ty
@@ -156,6 +161,61 @@ def context_moments(x: Any, y: Any, sizes: Sequence[int]) -> tuple[list[int], An
     out[:, CXY] = torch.addcmul(sums[CXY], tx, sums[MEAN_Y], value=-1)
     out[:, M2X:M2Y + 1].clamp_(min=0.0)
     return counts, out
+
+
+def _dense_sums(x: Any, y: Any, ctx: Any, starts: list[int], counts: list[int], out: Any) -> Any:
+    """``[5, C, d]``: per context the sums of ``x - s``, ``y - s``, their squares and product, over every row."""
+    import torch
+
+    c, d = len(counts), x.shape[1]
+    sums = torch.zeros((5, c, d), dtype=torch.float64, device=x.device)
+    shifted = []
+    for k, v in ((MEAN_X, x), (MEAN_Y, y)):
+        dv = v.to(torch.float64, copy=True)
+        for i, (a, n) in enumerate(zip(starts, counts)):
+            dv[a:a + n] -= out[i, k]
+        sums[k].index_add_(0, ctx, dv)
+        shifted.append(dv)
+    dx, dy = shifted
+    sums[CXY].index_add_(0, ctx, dx * dy)
+    sums[M2X].index_add_(0, ctx, dx.square_())
+    sums[M2Y].index_add_(0, ctx, dy.square_())
+    return sums
+
+
+def _sparse_sums(x: Any, y: Any, ctx: Any, sx: Any, sy: Any, n: Any) -> Any:
+    """The sums of :func:`_dense_sums` from the entries nonzero in ``x`` or ``y`` (None when too dense).
+
+    Per context and feature, the ``rest`` rows where both are 0 add ``-rest s_x`` and
+    ``-rest s_y`` to the sums, ``rest s_x^2``, ``rest s_y^2`` to the squares and ``rest s_x s_y``
+    to the product.
+    """
+    import torch
+
+    c, d = sx.shape
+    mask = (x != 0) | (y != 0)
+    nnz = int(torch.count_nonzero(mask))
+    if nnz > SPARSE_MAX_DENSITY * mask.numel():
+        return None
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    del mask
+    g = ctx.index_select(0, flat // d) * d + flat % d  # context * d + feature
+    dx = x.reshape(-1).index_select(0, flat).to(torch.float64) - sx.reshape(-1).index_select(0, g)
+    dy = y.reshape(-1).index_select(0, flat).to(torch.float64) - sy.reshape(-1).index_select(0, g)
+    sums = torch.zeros((5, c * d), dtype=torch.float64)
+    sums[MEAN_X].index_add_(0, g, dx)
+    sums[MEAN_Y].index_add_(0, g, dy)
+    sums[CXY].index_add_(0, g, dx * dy)
+    sums[M2X].index_add_(0, g, dx * dx)
+    sums[M2Y].index_add_(0, g, dy * dy)
+    sums = sums.view(5, c, d)
+    rest = n - torch.bincount(g, minlength=c * d).view(c, d).to(torch.float64)  # rows with both 0
+    sums[MEAN_X].sub_(rest * sx)
+    sums[MEAN_Y].sub_(rest * sy)
+    sums[M2X].addcmul_(rest * sx, sx)
+    sums[M2Y].addcmul_(rest * sy, sy)
+    sums[CXY].addcmul_(rest * sx, sy)
+    return sums
 
 
 _INDEX_CACHE: dict[tuple[Any, tuple[int, ...]], Any] = {}

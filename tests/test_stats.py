@@ -7,8 +7,16 @@ import torch
 from scipy import stats
 
 from featsurv.stats import ExplainedVariance, FeatureStats
+from featsurv_plugins import survival_numerics
 from featsurv_plugins.survival_numerics import (CONST_REL, SurvivalMoments, context_moments, is_constant,
                                                 merge, merge_all, pearson)
+
+
+@pytest.fixture(autouse=True, params=["dense", "sparse"])
+def moments_path(request, monkeypatch):
+    """Every test here runs with each of context_moments' two ways to its sums."""
+    monkeypatch.setattr(survival_numerics, "SPARSE_MAX_DENSITY", 0.0 if request.param == "dense" else 1.0)
+    return request.param
 
 
 def _relu_pair(rng, n, d, noise=0.3):
@@ -80,6 +88,48 @@ def test_context_moments_match_the_per_context_definition():
     starts = np.cumsum([0] + sizes)
     want = [_reference_moments(x[a:b], y[a:b]) for a, b, s in zip(starts[:-1], starts[1:], sizes) if s]
     np.testing.assert_allclose(m.numpy(), np.stack(want), rtol=1e-12, atol=1e-12)
+
+
+def _sparse_pair(rng, n, d):
+    """SAE-like features: about 1% nonzero, the compressed side firing on a slightly different set."""
+    x = np.where(rng.random((n, d)) < 0.01, rng.exponential(2.0, (n, d)), 0).astype(np.float32)
+    y = np.where(rng.random((n, d)) < 0.9, x * (1 + 0.1 * rng.normal(size=(n, d))), 0).astype(np.float32)
+    y = np.where(rng.random((n, d)) < 0.003, 0.5, y).astype(np.float32)
+    x[0] = 0.25  # the first row of a context is its shift: nonzero here
+    x[:, 1] = 7.0 + 1e-3 * rng.normal(size=n)  # a dense, offset column
+    return x, y
+
+
+def test_the_sparse_and_dense_sums_agree_on_sae_like_features(moments_path):
+    rng = np.random.default_rng(7)
+    sizes = [64, 0, 128, 1, 63]
+    x, y = _sparse_pair(rng, sum(sizes), 300)
+    assert ((x != 0) | (y != 0)).mean() < 0.05
+    counts, m = context_moments(torch.tensor(x), torch.tensor(y), sizes)
+    starts = np.cumsum([0] + sizes)
+    want = [_reference_moments(x[a:b], y[a:b]) for a, b, s in zip(starts[:-1], starts[1:], sizes) if s]
+    np.testing.assert_allclose(m.numpy(), np.stack(want), rtol=1e-11, atol=1e-11)
+    acc = _feed(x, y, [sizes[:2], sizes[2:]])
+    np.testing.assert_allclose(acc.r(), _scipy_r(x, y), rtol=1e-9, atol=1e-12)
+
+
+def test_the_density_threshold_picks_the_path(monkeypatch):
+    """Above SPARSE_MAX_DENSITY nonzeros the dense sums run; at or below it the sparse ones."""
+    calls = []
+    for name in ("_dense_sums", "_sparse_sums"):
+        original = getattr(survival_numerics, name)
+        monkeypatch.setattr(survival_numerics, name,
+                            lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+    rng = np.random.default_rng(8)
+    x, y = _sparse_pair(rng, 40, 50)
+    density = float(((x != 0) | (y != 0)).mean())
+    monkeypatch.setattr(survival_numerics, "SPARSE_MAX_DENSITY", density)
+    context_moments(torch.tensor(x), torch.tensor(y), [40])
+    assert calls == ["_sparse_sums"]
+    calls.clear()
+    monkeypatch.setattr(survival_numerics, "SPARSE_MAX_DENSITY", density * 0.99)
+    context_moments(torch.tensor(x), torch.tensor(y), [40])
+    assert calls == ["_sparse_sums", "_dense_sums"]  # the sparse path saw the density and declined
 
 
 def test_equal_and_unequal_context_sizes_agree():
