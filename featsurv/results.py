@@ -215,6 +215,27 @@ def _write_files(tmp: Path, files: dict[str, Any]) -> list[str]:
     return names
 
 
+def _write_files_beside(tmp: Path, files: dict[str, Any], render: Render | None) -> list[str]:
+    """:func:`_write_files` and ``render(tmp)`` (the report) at once, when there is both work to share.
+
+    Writing large tables (Parquet encoding, which releases the GIL) runs in a worker thread while
+    the report renders in this one; both only read the result and write their own files into
+    ``tmp``. The thread is always waited for, so nothing writes into ``tmp`` once this returns or
+    raises; the first error (the report's, else the files') is raised.
+    """
+    if render is None or not any(callable(c) for c in files.values()):
+        names = _write_files(tmp, files)
+        if render is not None:
+            render(tmp)
+        return names
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featsurv-write") as pool:  # exit waits
+        written = pool.submit(_write_files, tmp, files)
+        render(tmp)
+        return written.result()
+
+
 def _write(out_dir: str | Path, kind: str, result: "RunResult | None", render: Render | None,
            carry: Iterable[str] = ()) -> tuple[Path, dict[str, Any]]:
     """Build a folder in a temporary sibling, write its manifest last, put it in place."""
@@ -231,7 +252,9 @@ def _write(out_dir: str | Path, kind: str, result: "RunResult | None", render: R
             if result is not None:
                 _write_data(tmp, result)
                 roles.update(dict.fromkeys(DATA_FILES, "data"))
-                roles.update(dict.fromkeys(_write_files(tmp, result.files), "extra"))
+                beside = None if carry else render  # with kept files the report renders after them, as before
+                roles.update(dict.fromkeys(_write_files_beside(tmp, result.files, beside), "extra"))
+                render = None if beside is not None else render
             for name in carry:  # files of the folder being rewritten that this write keeps
                 if name in roles:
                     continue

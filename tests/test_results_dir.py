@@ -97,6 +97,62 @@ def test_manifest_lists_every_file_with_size_and_checksum(tmp_path):
     assert not (tmp_path / "bad").exists() and hidden(tmp_path / "bad") == []
 
 
+def test_large_files_are_written_while_the_report_renders(tmp_path):
+    """A callable result file (a table) runs in a worker thread beside the report: each sees the
+    other working (an Event either way; run one after the other, both would time out)."""
+    import threading
+
+    table_started, report_started = threading.Event(), threading.Event()
+    seen = {}
+
+    def table(path):
+        table_started.set()
+        seen["report while table"] = report_started.wait(20)
+        path.write_bytes(b"table")
+
+    def render(tmp):
+        report_started.set()
+        seen["table while report"] = table_started.wait(20)
+        (tmp / "report.html").write_text("<html>")
+
+    result = make_result()
+    result.files = {"contexts.parquet": table}
+    out = write_run(tmp_path / "run", result, render=render)
+    assert seen == {"report while table": True, "table while report": True}
+    assert (out / "contexts.parquet").read_bytes() == b"table" and (out / "report.html").is_file()
+    assert set(json.loads((out / "manifest.json").read_text())["files"]) >= {"contexts.parquet", "report.html"}
+
+
+@pytest.mark.parametrize("failing", ["report", "table"])
+def test_a_failure_beside_the_other_writer_leaves_nothing(tmp_path, failing):
+    """Whichever of the two fails, the error is raised after the other has finished, and the
+    earlier result is untouched (no half-written folder)."""
+    import threading
+
+    write_run(tmp_path / "run", make_result("old"))
+    finished = threading.Event()
+
+    def table(path):
+        time.sleep(0.3)  # still writing when the report fails
+        if failing == "table":
+            raise RuntimeError("table broke")
+        path.write_bytes(b"table")
+        finished.set()
+
+    def render(tmp):
+        if failing == "report":
+            raise RuntimeError("report broke")
+        (tmp / "report.html").write_text("<html>")
+
+    result = make_result("new")
+    result.files = {"contexts.parquet": table}
+    with pytest.raises(RuntimeError, match=f"{failing} broke"):
+        write_run(tmp_path / "run", result, render=render)
+    if failing == "report":
+        assert finished.is_set()  # the worker was waited for before the error left
+    assert label_at(tmp_path / "run") == "old" and hidden(tmp_path / "run") == []
+
+
 def test_save_rewrites_summary_and_manifest_in_one_step_keeping_report_and_extras(tmp_path):
     result = make_result()
     result.files = {"extra.csv": b"1\n"}
