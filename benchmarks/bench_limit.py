@@ -167,7 +167,7 @@ def startup(work: Path, scratch: Path, device: str, reps: int = 3) -> dict:
     for _ in range(max(1, reps - 1)):
         r = run(audit_cmd(work, scratch / f"first-{time.time_ns()}", tokens=TOKENS, bits="8", device=device,
                           quiet=False),
-                watch="FP pass: 1/")
+                watch="FP pass: ")  # the first progress line of the FP pass (after its first batch)
         firsts.append(r["seen_s"])
     return {"help_s": _med(helps), "help_all": helps, "first_fp_batch_s": _med(firsts), "first_all": firsts}
 

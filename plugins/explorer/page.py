@@ -123,8 +123,10 @@ class _Windows:
         import pandas as pd
 
         def codes(name: str, values: list[str]) -> Any:
-            """The column as indexes into ``values`` (-1: not among them)."""
-            return np.asarray(pd.Index(values).get_indexer(contexts[name].astype(str)), dtype=np.int64)
+            """The column as indexes into ``values`` (-1: not among them), through its few distinct values."""
+            seen, distinct = pd.factorize(contexts[name], use_na_sentinel=False)
+            at = pd.Index(values).get_indexer([str(v) for v in distinct])
+            return at.astype(np.int64)[np.asarray(seen, dtype=np.int64)]
 
         h_all, c_all = codes("hook", hooks), codes("config", configs)
         rank_all = contexts["rank"].to_numpy(np.int64)
@@ -135,7 +137,7 @@ class _Windows:
             return contexts[name].to_numpy(dtype)[idx]
 
         self.f = col("feature", np.int64)
-        self.kind = (contexts["kind"].astype(str) != "fp_top").to_numpy(bool)[idx].astype(np.int64)
+        self.kind = (codes("kind", ["fp_top"]) != 0)[idx].astype(np.int64)
         self.context = col("context", np.int64)
         self.position = col("position", np.int64)
         self.start = col("window_start", np.int64)
