@@ -101,9 +101,6 @@ def main(argv: list[str] | None = None) -> Any:
     in one paragraph; the traceback with --debug or FEATSURV_DEBUG=1); 2: bad input, nothing written."""
     import os
 
-    from ..malloc import tune
-
-    tune()  # glibc: reuse freed memory for large tensors (FEATSURV_MALLOC=default keeps glibc's settings)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return cli.main(args=argv, prog_name="featsurv")
