@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> Any:
     in one paragraph; the traceback with --debug or FEATSURV_DEBUG=1); 2: bad input, nothing written."""
     import os
 
+    # PyTorch (c10's CPU allocator, read once, before torch is imported here): blocks of 2 MiB and
+    # more on transparent huge pages, so each batch's [tokens, d_sae] tensors fault in 512x fewer
+    # pages (docs/reliability.md, "Limits"); THP_MEM_ALLOC_ENABLE=0 keeps the 4 KiB pages
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return cli.main(args=argv, prog_name="featsurv")
