@@ -25,7 +25,11 @@ from featsurv.errors import FeatsurvError
 from featsurv.results import RunResult, check_out_dir, load_run, write_folder, write_run
 
 CHILD = r"""
+import signal
 import sys
+# Ctrl-C raises KeyboardInterrupt even when the test process was started with SIGINT ignored
+# (an ignored signal is inherited across exec, and Python then installs no handler of its own)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import pandas as pd
 from featsurv.errors import FeatsurvError
 from featsurv.results import RunResult, write_run
