@@ -252,9 +252,11 @@ def _write(out_dir: str | Path, kind: str, result: "RunResult | None", render: R
             if result is not None:
                 _write_data(tmp, result)
                 roles.update(dict.fromkeys(DATA_FILES, "data"))
-                beside = None if carry else render  # with kept files the report renders after them, as before
-                roles.update(dict.fromkeys(_write_files_beside(tmp, result.files, beside), "extra"))
-                render = None if beside is not None else render
+                if carry:  # with kept files the report renders after them, as before
+                    names = _write_files(tmp, result.files)
+                else:  # the report renders beside the files
+                    names, render = _write_files_beside(tmp, result.files, render), None
+                roles.update(dict.fromkeys(names, "extra"))
             for name in carry:  # files of the folder being rewritten that this write keeps
                 if name in roles:
                     continue

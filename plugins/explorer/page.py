@@ -151,13 +151,11 @@ class _Windows:
         cw = _stack(contexts["compressed_window"], width, np.nan, np.float32, idx)
         fpw, cw = np.where(fpw > 0, fpw, 0.0), np.where(cw > 0, cw, 0.0)  # NaN (not kept) -> 0
         peak = np.maximum(fpw.max(axis=1, initial=0.0), cw.max(axis=1, initial=0.0))
-        self.scale = np.where(peak > 0, peak, 1.0)
-        if len(idx):  # the largest shown activation per (hook, feature)
-            key = self.h * (1 << 32) + self.f
-            uniq, inverse = np.unique(key, return_inverse=True)
-            top = np.zeros(len(uniq), dtype=peak.dtype)
-            np.maximum.at(top, inverse, peak)
-            self.scale = np.where(top[inverse] > 0, top[inverse], 1.0)
+        # the scale of a row: the largest shown activation of its (hook, feature)
+        groups, inverse = np.unique(self.h * (1 << 32) + self.f, return_inverse=True)
+        top = np.zeros(len(groups), dtype=peak.dtype)
+        np.maximum.at(top, inverse, peak)
+        self.scale = np.where(top[inverse] > 0, top[inverse], 1.0)
         self.sp_fp = self._sparse(fpw)
         self.sp_c = self._sparse(cw)
         # the text of each token id, from its first occurrence
