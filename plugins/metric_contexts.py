@@ -82,7 +82,7 @@ class ContextsAccumulator(FeatureAccumulator):
     def update(self, fp: Any, compressed: Any, batch: Any) -> None:
         import numpy as np
 
-        from featsurv_plugins.explorer.topk import BatchLayout, gather_rows
+        from featsurv_plugins.explorer.topk import BatchLayout, gather_many, gather_rows
 
         layout = BatchLayout(batch)
         e, c, w = self.fp.entries, layout.context_length, self.fp.window
@@ -92,16 +92,15 @@ class ContextsAccumulator(FeatureAccumulator):
             at = self.by_key[i0:i1]
             keys, feats = e.key[at], e.feature[at]
             local, pos = keys // c - layout.first_context, keys % c
-            rows = layout.row_of[local, pos]
-            self.comp_act[at] = gather_rows(compressed, rows[:, None], feats)[:, 0]
             wrows, _ = layout.windows(local, pos, w)
             self.comp_window[at] = gather_rows(compressed, wrows, feats)
+            self.comp_act[at] = self.comp_window[at, w]  # the window's centre: the position itself
 
         def payload(rows: Any, feats: Any) -> dict[str, Any]:
+            # fp_act and the compressed value are the windows' centres (column w)
             wrows, ids = layout.windows(layout.local[rows], layout.positions[rows], w)
-            return {"compressed_window": gather_rows(compressed, wrows, feats),
-                    "fp_window": gather_rows(fp, wrows, feats), "ids": ids.astype("int32"),
-                    "fp_act": gather_rows(fp, rows[:, None], feats)}
+            cw, fw = gather_many([compressed, fp], wrows, feats)
+            return {"compressed_window": cw, "fp_window": fw, "ids": ids.astype("int32")}
 
         self.topk.update(compressed, layout.keys, payload)
 
@@ -221,7 +220,8 @@ def build_table(fp: FPContexts, comp_act: Any, comp_window: Any, ce: Any, both_f
                       "in_both": np.asarray(both_fp, dtype=bool),
                       "compressed_window": list_column(np.asarray(comp_window, dtype=np.float32).reshape(len(e), width))})
     if len(ce):
-        fp_act = ce.payload["fp_act"][:, 0] if "fp_act" in ce.payload else np.full(len(ce), np.nan)
+        fw = ce.payload.get("fp_window")
+        fp_act = fw[:, fp.window] if fw is not None else np.full(len(ce), np.nan)  # the window's centre
         cw = ce.payload.get("compressed_window")
         parts.append({
             **_rows(fp, KINDS[1], ce.feature, ce.rank, ce.key, ce.payload.get("ids"), fp_act, ce.payload.get("fp_window")),

@@ -159,6 +159,35 @@ def test_topk_memory_is_d_by_k():
     assert tk.values.shape == (50, 3) and tk.keys.shape == (50, 3) and tk.payload["x"].shape == (50, 3, 5)
 
 
+def test_payloads_follow_their_entries_through_pool_growth_and_compaction(backend):
+    """Many batches, each entering many entries: the payload pool grows, then is compacted
+    (capped at 2 d k rows); every kept entry still carries the payload computed when it entered."""
+    d, k, t = 7, 3, 16
+    tk = StreamingTopK(d=d, k=k)
+    gen = torch.Generator().manual_seed(3)
+    all_v, all_keys, grown = [], [], set()
+    for i in range(60):
+        v = torch.relu(torch.randn(t, d, generator=gen)) * (1 + i / 10)  # rising: many enter late
+        keys = torch.arange(t) + t * i
+        all_v.append(v), all_keys.append(keys)
+
+        def payload(rows, feats, keys=keys):
+            return {"key": np.stack([keys.numpy()[rows], feats], axis=1), "x": (keys.numpy()[rows] * 10.0 + feats)[:, None]}
+
+        tk.update(v, keys, payload)
+        grown.add(next(iter(tk._pool.values())).shape[0])
+        assert tk._used <= 2 * d * k
+    assert max(grown) == 2 * d * k  # the pool reached its cap, so it was compacted
+    e = tk.entries()
+    want = dense_topk(torch.cat(all_v).numpy(), torch.cat(all_keys).numpy(), k)
+    for f in range(d):
+        assert [(int(kk), float(vv)) for ff, kk, vv in zip(e.feature, e.key, e.value) if ff == f] == want[f]
+    np.testing.assert_array_equal(e.payload["key"], np.stack([e.key, e.feature], axis=1))
+    np.testing.assert_array_equal(e.payload["x"][:, 0], e.key * 10.0 + e.feature)
+    full = tk.payload["x"]  # [d, k, 1], NaN where a slot is empty
+    assert full.shape == (d, k, 1) and np.isnan(full[tk.values == 0]).all()
+
+
 def test_metric_declares_its_options_and_is_registered():
     from featsurv.plugins import get_registry
 

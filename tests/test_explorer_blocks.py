@@ -242,3 +242,19 @@ def test_a_real_audits_contexts_give_the_same_page_data(tmp_path):
     configs = list(dict.fromkeys(str(c) for c in run.features["config"]))
     assert_same(page._Windows(contexts, hooks, configs, page.SHOWN), ReferenceWindows(contexts, hooks, configs, page.SHOWN),
                 len(configs))
+
+
+def test_number_formatting_matches_the_per_value_functions():
+    """The page's vectorised number texts against ``_g`` and ``_round4`` applied value by value."""
+    rng = np.random.default_rng(7)
+    special = [0.0, -0.0, 1.0, -3.0, 999999999.0, 1e9, 1e9 + 0.5, 123456.0, 0.12345, 0.00012345, 1e-7, 1.5e-5,
+               2.5, 1234.5, 98765.4321, 1e16, 1.23e17, -1e-300, 5e-324, np.nan, np.inf, -np.inf]
+    values = np.concatenate([special, rng.normal(0, 1, 3000), rng.exponential(5, 3000) * 10.0 ** rng.integers(-8, 12, 3000),
+                             np.round(rng.normal(0, 100, 3000), 2)])
+    assert page._g_list(values) == [page._g(v) for v in values]
+    assert page._g_list(pd.Series(values)) == [page._g(v) for v in values]
+    assert page._g_list(pd.Series(["1.5", None, "x"], dtype=object)) == [1.5, None, None]
+    assert page._g_list([]) == []
+    texts = page._json_numbers(values)
+    assert texts == ["null" if v is None else repr(v) for v in page._round4(values)]
+    assert page._band_codes(pd.Series(["damaged", None, "survived", "odd", "blurred"])) == [2, -1, 0, -1, 1]

@@ -47,6 +47,27 @@ def _g(v: Any) -> Any:
     return float(f"{f:.4g}")
 
 
+def _g_list(values: Any) -> list[Any]:
+    """``[_g(v) for v in values]``, formatted in one C-level pass for numeric columns."""
+    import numpy as np
+
+    try:
+        x = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return [_g(v) for v in values]
+    if x.size == 0:
+        return []
+    fin = np.isfinite(x)
+    safe = np.where(fin, x, 0.0)
+    out = list(map(float, ("%.4g," * x.size % tuple(safe.tolist()))[:-1].split(",")))
+    whole = fin & (safe == np.trunc(safe)) & (np.abs(safe) < 1e9)
+    for i, v in zip(np.flatnonzero(whole).tolist(), safe[whole].tolist()):
+        out[i] = int(v)
+    for i in np.flatnonzero(~fin).tolist():
+        out[i] = None
+    return out
+
+
 def load_contexts(run: Any) -> Any:
     """The run's contexts table: in memory (``run.tables`` / ``run.extra``) or contexts.parquet."""
     for holder in (getattr(run, "tables", None), (getattr(run, "extra", None) or {}).get("tables")):
@@ -104,15 +125,74 @@ def _stack(column: Any, width: int, fill: Any, dtype: Any, rows: Any = None) -> 
     return out
 
 
-def _round4(values: Any) -> list[Any]:
-    """4 significant digits, as a list (None for non-finite values)."""
+def _rounded4(values: Any) -> Any:
+    """4 significant digits, as a float64 array (non-finite values kept)."""
     import numpy as np
 
     x = np.asarray(values, dtype=np.float64)
     ok = np.isfinite(x) & (x != 0)
     mag = np.where(ok, 10.0 ** (3 - np.floor(np.log10(np.abs(np.where(ok, x, 1.0))))), 1.0)
-    r = np.where(ok, np.round(x * mag) / mag, x)
-    return [None if not math.isfinite(v) else v for v in r.tolist()]
+    return np.where(ok, np.round(x * mag) / mag, x)
+
+
+def _round4(values: Any) -> list[Any]:
+    """4 significant digits, as a list (None for non-finite values)."""
+    return _finite_list(_rounded4(values))
+
+
+def _finite_list(r: Any) -> list[Any]:
+    """The float array ``r`` as a list, None for its non-finite values."""
+    import numpy as np
+
+    out = r.tolist()
+    for i in np.flatnonzero(~np.isfinite(r)).tolist():
+        out[i] = None
+    return out
+
+
+def _json_items(values: list[Any]) -> list[str]:
+    """Each item's JSON text (``json.dumps`` of the list, split: one C-level pass, not one call
+    per item; a float's text is its ``repr``, as JSON writes it). Items must not contain commas."""
+    return json.dumps(values, separators=(",", ":"), allow_nan=False)[1:-1].split(",") if values else []
+
+
+def _json_numbers(values: Any) -> list[str]:
+    """The JSON text of each value at 4 significant digits (``null``: not finite), formatted once
+    per distinct value (rounded activations repeat a lot)."""
+    import numpy as np
+
+    r = _rounded4(values)
+    if r.size == 0:
+        return []
+    # distinct bit patterns, not values: -0.0 keeps its sign, as repr writes it
+    distinct, inverse = np.unique(np.ascontiguousarray(r, dtype=np.float64).view(np.int64), return_inverse=True)
+    return np.asarray(_json_items(_finite_list(distinct.view(np.float64))), dtype=object)[inverse.reshape(-1)].tolist()
+
+
+def _placed(n: int, rows: Any, items: list[str]) -> list[Any]:
+    """A list of ``n`` with ``items`` at ``rows`` (None elsewhere)."""
+    import numpy as np
+
+    out = np.full(n, None, dtype=object)
+    if len(rows):
+        out[rows] = items
+    return out.tolist()
+
+
+def _digit_strings(q: Any) -> list[str]:
+    """Per row of the ``[rows, width]`` uint8 digit array ``q``: its digits as a quoted JSON string."""
+    import numpy as np
+
+    n, width = q.shape
+    if n == 0:
+        return []
+    if width == 0:
+        return ['""'] * n
+    framed = np.empty((n, width + 3), dtype=np.uint8)
+    framed[:, 0] = framed[:, width + 1] = ord('"')
+    framed[:, 1:width + 1] = q + ord("0")
+    framed[:, width + 2] = ord(",")
+    return framed.tobytes()[:-1].decode("ascii").split(",")
 
 
 class _Windows:
@@ -141,12 +221,12 @@ class _Windows:
         self.context = col("context", np.int64)
         self.position = col("position", np.int64)
         self.start = col("window_start", np.int64)
-        self.fp_act = _round4(col("fp_act", np.float64))
-        self.comp_act = _round4(col("compressed_act", np.float64))
+        self._fp_act = _rounded4(col("fp_act", np.float64))
+        self._comp_act = _rounded4(col("compressed_act", np.float64))
         self.both = col("in_both", bool)
         self.window = int((self.position - self.start)[0]) if len(idx) else 0
         width = 2 * self.window + 1
-        self.ids = _stack(contexts["window_ids"], width, -1, np.int64, idx)
+        self.ids = _stack(contexts["window_ids"], width, -1, np.int32, idx)
         fpw = _stack(contexts["fp_window"], width, np.nan, np.float32, idx)
         cw = _stack(contexts["compressed_window"], width, np.nan, np.float32, idx)
         fpw, cw = np.where(fpw > 0, fpw, 0.0), np.where(cw > 0, cw, 0.0)  # NaN (not kept) -> 0
@@ -156,8 +236,7 @@ class _Windows:
         top = np.zeros(len(groups), dtype=peak.dtype)
         np.maximum.at(top, inverse, peak)
         self.scale = np.where(top[inverse] > 0, top[inverse], 1.0)
-        self.sp_fp = self._sparse(fpw)
-        self.sp_c = self._sparse(cw)
+        self._q_fp, self._q_c = self._digits(fpw), self._digits(cw)
         # the text of each token id, from its first occurrence
         flat = self.ids.ravel()
         seen = np.full(int(flat.max(initial=-1)) + 1, -1, dtype=np.int64)
@@ -171,14 +250,34 @@ class _Windows:
         self.tok_ids = uniq
         self.tok_strings = [str(list(t)[j]) for t, j in zip(sub.tolist(), (first % width).tolist())]
 
-    def _sparse(self, w: Any) -> list[str]:
-        """Per row: one digit per window position, 0 (not firing) or 1..LEVELS of the block's scale."""
+    def _digits(self, w: Any) -> Any:
+        """Per row and window position a digit: 0 (not firing) or 1..LEVELS of the block's scale."""
         import numpy as np
 
-        q = np.where(w > 0, np.clip(np.ceil(LEVELS * w / self.scale[:, None]), 1, LEVELS), 0).astype(np.uint8)
-        text = (q + ord("0")).tobytes().decode("ascii")
-        width = q.shape[1] if q.ndim == 2 else 0
-        return [text[i:i + width] for i in range(0, len(text), width)] if width else [""] * len(q)
+        return np.where(w > 0, np.clip(np.ceil(LEVELS * w / self.scale[:, None]), 1, LEVELS), 0).astype(np.uint8)
+
+    @staticmethod
+    def _sparse(q: Any) -> list[str]:
+        """The digit rows as strings."""
+        return [t[1:-1] for t in _digit_strings(q)] if q.ndim == 2 and q.shape[1] else [""] * len(q)
+
+    @property
+    def fp_act(self) -> list[Any]:
+        """Per row: the FP activation at 4 significant digits (None: not finite)."""
+        return _round4(self._fp_act)
+
+    @property
+    def comp_act(self) -> list[Any]:
+        return _round4(self._comp_act)
+
+    @property
+    def sp_fp(self) -> list[str]:
+        """Per row: the FP window's digits (see ``_digits``)."""
+        return self._sparse(self._q_fp)
+
+    @property
+    def sp_c(self) -> list[str]:
+        return self._sparse(self._q_c)
 
     def blocks(self, n_configs: int) -> dict[str, tuple[str, list[int]]]:
         """Per "hookIndex:feature": the embedded contexts (as JSON text) and the rows they use.
@@ -226,33 +325,35 @@ class _Windows:
         else:
             looked = np.full(n, -1)
         slot = np.where(is_f, slot, looked)
-        rows_i = order.tolist()
-        fa = ["null" if self.fp_act[i] is None else repr(self.fp_act[i]) for i in rows_i]
-        ca = ["null" if self.comp_act[i] is None else repr(self.comp_act[i]) for i in rows_i]
-        spf = [self.sp_fp[i] for i in rows_i]
-        spc = [self.sp_c[i] for i in rows_i]
         cx_, pos_, slot_ = cx.tolist(), pos.tolist(), slot.tolist()
+        fi = np.flatnonzero(is_f)  # rows of "f"
+        k0 = np.flatnonzero(kind == 0)
+        ci = k0[slot[k0] >= 0]  # rows of "c"
+        ti = np.flatnonzero(kind == 1)  # rows of "t"; written out in full unless shared with "f"
+        shared = both[ti] & (slot[ti] >= 0)
+        own = ti[~shared]
+        # the JSON texts of the rows that are written (activations: None -> null; digits quoted)
+        with_fp, with_c = np.concatenate([fi, own]), np.concatenate([ci, own])
+        fa = _placed(n, with_fp, _json_numbers(self._fp_act[order[with_fp]]))
+        ca = _placed(n, with_c, _json_numbers(self._comp_act[order[with_c]]))
+        spf = _placed(n, with_fp, _digit_strings(self._q_fp[order[with_fp]]))
+        spc = _placed(n, with_c, _digit_strings(self._q_c[order[with_c]]))
         # "f": one list per block
-        fi = np.flatnonzero(is_f)
-        f_frag = [f'[{cx_[i]},{pos_[i]},{fa[i]},"{spf[i]}"]' for i in fi.tolist()]
+        f_frag = [f'[{cx_[i]},{pos_[i]},{fa[i]},{spf[i]}]' for i in fi.tolist()]
         f_lists = _joined(f_frag, bid[fi], nb)
         # "c": per block and configuration, entries placed at their slots (gaps: null)
-        k0 = np.flatnonzero(kind == 0)
         has_c = _present(bid[k0] * n_configs + c[k0], nb * n_configs)
-        ci = k0[slot[k0] >= 0]
         g = bid[ci] * n_configs + c[ci]
         length = np.zeros(nb * n_configs, dtype=np.int64)
         np.maximum.at(length, g, slot[ci] + 1)
         offset = np.cumsum(length) - length
         cells = np.full(int(length.sum()), "null", dtype=object)
-        cells[offset[g] + slot[ci]] = [f'[{ca[i]},"{spc[i]}"]' for i in ci.tolist()]
+        cells[offset[g] + slot[ci]] = [f'[{ca[i]},{spc[i]}]' for i in ci.tolist()]
         c_lists = _joined(cells.tolist(), np.repeat(np.arange(nb * n_configs), length), nb * n_configs)
         # "t": per block and configuration, its own top by rank
-        ti = np.flatnonzero(kind == 1)
-        shared = both[ti] & (slot[ti] >= 0)
         both_ = both.tolist()
         t_frag = [f"[{slot_[i]}]" if s else
-                  f'[{cx_[i]},{pos_[i]},{ca[i]},{fa[i]},"{spc[i]}","{spf[i]}",{1 if both_[i] else 0}]'
+                  f'[{cx_[i]},{pos_[i]},{ca[i]},{fa[i]},{spc[i]},{spf[i]},{1 if both_[i] else 0}]'
                   for i, s in zip(ti.tolist(), shared.tolist())]
         tg = bid[ti] * n_configs + c[ti]
         t_lists = _joined(t_frag, tg, nb * n_configs)
@@ -328,20 +429,29 @@ def _feature_rows(features: Any, hooks: list[str], configs: list[str]) -> list[d
             fh = fh[fh["active"].astype(bool)]
         ids = np.sort(fh["feature"].astype(int).unique())
         first = fh.drop_duplicates("feature").set_index("feature").reindex(ids)
-        stats = {s: [_g(v) for v in first[s]] for s in FP_STATS + EXTRA_STATS
+        stats = {s: _g_list(first[s]) for s in FP_STATS + EXTRA_STATS
                  if s in first.columns and first[s].notna().any()}
         entry: dict[str, Any] = {"id": [int(i) for i in ids], "s": stats, "r": [], "b": [], "sil": [], "ov": []}
         for config in configs:
             fc = fh[fh["config"].astype(str) == config].drop_duplicates("feature").set_index("feature").reindex(ids)
-            entry["r"].append([_g(v) for v in fc["r"]] if "r" in fc.columns else [None] * len(ids))
-            entry["b"].append([BAND_CODE.get(str(v), -1) for v in fc["band"]] if "band" in fc.columns
-                              else [-1] * len(ids))
+            entry["r"].append(_g_list(fc["r"]) if "r" in fc.columns else [None] * len(ids))
+            entry["b"].append(_band_codes(fc["band"]) if "band" in fc.columns else [-1] * len(ids))
             entry["sil"].append([1 if v is True or v == 1 else 0 for v in fc["silenced"]]
                                 if "silenced" in fc.columns else [])
             ov = "contexts.top_overlap"
-            entry["ov"].append([_g(v) for v in fc[ov]] if ov in fc.columns else [])
+            entry["ov"].append(_g_list(fc[ov]) if ov in fc.columns else [])
         out.append(entry)
     return out
+
+
+def _band_codes(bands: Any) -> list[int]:
+    """``BAND_CODE`` of each band (-1: none or unknown), through the column's few distinct values."""
+    import numpy as np
+    import pandas as pd
+
+    seen, distinct = pd.factorize(bands, use_na_sentinel=False)
+    codes = np.asarray([BAND_CODE.get(str(v), -1) for v in distinct], dtype=np.int64)
+    return codes[np.asarray(seen, dtype=np.int64)].tolist() if len(distinct) else []
 
 
 def _priority(feats: list[dict[str, Any]], watched: set[tuple[int, int]]) -> dict[str, float]:
@@ -367,12 +477,14 @@ def _watched(summary: dict[str, Any], hooks: list[str]) -> list[list[Any]]:
 
 def explorer_data(run: Any, contexts: Any = None, *, shown: int = SHOWN) -> tuple[dict[str, Any], Any]:
     """The page's data without its contexts, and the shown contexts as arrays (or None)."""
+    import pandas as pd
+
     from featsurv.watch import thresholds
 
     features = run.features
     summary = run.summary or {}
     hooks = sorted(str(h) for h in features["hook"].unique()) if "hook" in features.columns and len(features) else []
-    configs = list(dict.fromkeys(str(c) for c in features["config"])) if len(features) else []
+    configs = list(dict.fromkeys(str(c) for c in pd.unique(features["config"]))) if len(features) else []
     results = [r for r in summary.get("results") or [] if isinstance(r, dict)]
     order = list(dict.fromkeys(str(r.get("label")) for r in results if str(r.get("label")) in configs))
     configs = order + [c for c in configs if c not in order]

@@ -40,7 +40,9 @@ class StreamingTopK:
         self.d, self.k = d, k
         self.values = np.zeros((d, k), dtype=np.float32)  # 0: empty slot
         self.keys = np.full((d, k), -1, dtype=np.int64)
-        self.payload: dict[str, Any] = {}
+        self.slots = np.full((d, k), -1, dtype=np.int64)  # each kept entry's row in the payload pool
+        self._pool: dict[str, Any] = {}  # name -> [capacity, P] rows, appended as entries enter
+        self._used = 0  # pool rows written so far
         self._threshold: Any = None  # the k-th values, on the batches' device
 
     def update(self, values: "torch.Tensor", keys: "torch.Tensor", payload_fn: PayloadFn | None = None) -> None:
@@ -70,8 +72,11 @@ class StreamingTopK:
         all_k = np.concatenate([self.keys[touched].ravel(), cand_k])
         # order: group ascending, value descending, key ascending. Kept entries come first and
         # have smaller keys; both parts are already in key order within a value, so one stable
-        # lexsort suffices.
-        order = np.lexsort((-all_v, all_g))
+        # sort suffices, on one int64 key: the group, then the complement of the value's bits
+        # (for non-negative float32 values the bit pattern orders as the value does)
+        bits = all_v.astype(np.float32).view(np.uint32)
+        order = np.argsort((all_g.astype(np.int64) << 32) | (np.uint32(0xFFFFFFFF) - bits).astype(np.int64),
+                           kind="stable")
         g_sorted = all_g[order]
         counts = np.bincount(g_sorted, minlength=n_t)
         starts = np.cumsum(counts) - counts
@@ -107,38 +112,79 @@ class StreamingTopK:
 
     def _move_payload(self, payload_fn: PayloadFn, chosen: Any, touched: Any, f_new: Any, r_new: Any,
                       rows: Any, feats: Any) -> None:
-        """Payloads of the kept entries moved to their new ranks; those of entering ones computed."""
+        """Kept entries keep their pool rows (only the row numbers move to the new ranks); the
+        payloads of entering entries are computed and appended to the pool."""
         import numpy as np
 
         k = self.k
         n_kept = touched.size * k
         from_kept = chosen < n_kept
         entering = chosen[~from_kept] - n_kept
-        fresh = payload_fn(rows[entering], feats[entering]) if entering.size else {}
         old = chosen[from_kept]
-        moved = {name: store[touched[old // k], old % k] for name, store in self.payload.items()}  # copies
-        for name, value in fresh.items():
-            value = np.asarray(value)
-            store = self._store(name, value)
-            if name in moved:
-                store[f_new[from_kept], r_new[from_kept]] = moved[name]
-            store[f_new[~from_kept], r_new[~from_kept]] = value
+        kept_slots = self.slots[touched[old // k], old % k]
+        fresh = payload_fn(rows[entering], feats[entering]) if entering.size else {}
+        fresh = {name: np.asarray(value) for name, value in fresh.items()}
+        self.slots[f_new[from_kept], r_new[from_kept]] = kept_slots
+        if entering.size:
+            self.slots[f_new[~from_kept], r_new[~from_kept]] = self._append(fresh, entering.size)
 
-    def _store(self, name: str, like: Any) -> Any:
+    def _append(self, fresh: dict[str, Any], n: int) -> Any:
+        """Pool rows for ``n`` new entries holding ``fresh``; the pool doubles up to ``2 d k`` rows
+        and is compacted to the live entries when full (so it never holds more than that)."""
         import numpy as np
 
-        if name not in self.payload:
-            fill = np.nan if np.issubdtype(like.dtype, np.floating) else -1
-            self.payload[name] = np.full((self.d, self.k, like.shape[1]), fill, dtype=like.dtype)
-        return self.payload[name]
+        cap = next(iter(self._pool.values())).shape[0] if self._pool else 0
+        if self._used + n > cap:
+            live = self.slots[self.slots >= 0]
+            limit = 2 * self.d * self.k
+            if self._used + n <= limit:  # room to grow
+                size = min(limit, max(2 * cap, self._used + n, 1024))
+                self._pool = {name: _grown(pool, size) for name, pool in self._pool.items()}
+            else:  # compact: keep only the live rows, renumbered in slot order
+                self._pool = {name: _grown(pool[live], limit) for name, pool in self._pool.items()}
+                self.slots[self.slots >= 0] = np.arange(live.size)
+                self._used = live.size
+        start = self._used
+        for name, value in fresh.items():
+            if name not in self._pool:
+                size = max(next(iter(self._pool.values())).shape[0] if self._pool else 0, start + n, 1024)
+                fill = np.nan if np.issubdtype(value.dtype, np.floating) else -1
+                self._pool[name] = np.full((min(size, 2 * self.d * self.k), value.shape[1]), fill, dtype=value.dtype)
+            self._pool[name][start:start + n] = value
+        self._used = start + n
+        return np.arange(start, start + n)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """Each payload as ``[d, k, P]`` (NaN or -1 in empty slots)."""
+        import numpy as np
+
+        out = {}
+        for name, pool in self._pool.items():
+            fill = np.nan if np.issubdtype(pool.dtype, np.floating) else -1
+            store = np.full((self.d, self.k, pool.shape[1]), fill, dtype=pool.dtype)
+            has = self.slots >= 0
+            store[has] = pool[self.slots[has]]
+            out[name] = store
+        return out
 
     def entries(self) -> "TopKEntries":
         """The kept entries (positive values only), flattened in (feature, rank) order."""
         import numpy as np
 
         feat, rank = np.nonzero(self.values > 0)  # row-major: by feature, then rank
+        slots = self.slots[feat, rank]
         return TopKEntries(feat, rank, self.keys[feat, rank], self.values[feat, rank],
-                           {n: t[feat, rank] for n, t in self.payload.items()})
+                           {n: pool[slots] for n, pool in self._pool.items()})
+
+
+def _grown(pool: Any, rows: int) -> Any:
+    """``pool`` in an array of ``rows`` rows (its rows first; the rest uninitialised)."""
+    import numpy as np
+
+    out = np.empty((rows,) + pool.shape[1:], dtype=pool.dtype)
+    out[:len(pool)] = pool
+    return out
 
 
 @dataclass
@@ -220,15 +266,25 @@ class BatchLayout:
 
 def gather_rows(values: "torch.Tensor", rows: Any, feats: Any) -> Any:
     """``values[rows, feats]`` as float32 NumPy, for ``rows`` ``[n, W]`` (-1: NaN) and ``feats`` ``[n]``."""
+    return gather_many([values], rows, feats)[0]
+
+
+def gather_many(tensors: list["torch.Tensor"], rows: Any, feats: Any) -> list[Any]:
+    """:func:`gather_rows` of each of ``tensors`` (same shape and device) at the same places,
+    the flat indexes computed once."""
     import numpy as np
     import torch
 
     rows, feats = np.asarray(rows), np.asarray(feats, dtype=np.int64)
-    safe = rows.clip(min=0)
-    if values.device.type == "cpu" and NUMPY_ON_CPU:
-        out = values.detach().float().numpy()[safe, feats[:, None]]
-    else:
-        dev = values.device
-        out = values.detach()[torch.from_numpy(safe).to(dev), torch.from_numpy(feats.copy()).to(dev)[:, None]]
-        out = out.float().cpu().numpy()
-    return np.where(rows >= 0, out, np.float32(np.nan)).astype(np.float32)
+    missing = rows < 0
+    flat = rows.clip(min=0) * np.int64(tensors[0].shape[1]) + feats[:, None]
+    out = []
+    for values in tensors:
+        if values.device.type == "cpu" and NUMPY_ON_CPU:
+            got = np.take(values.detach().float().numpy().reshape(-1), flat)
+        else:
+            got = values.detach().reshape(-1)[torch.from_numpy(flat).to(values.device)].float().cpu().numpy()
+        got = got.astype(np.float32, copy=False)
+        got[missing] = np.nan
+        out.append(got)
+    return out
