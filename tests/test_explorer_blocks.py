@@ -129,7 +129,7 @@ class ReferenceWindows:
 
 
 
-def random_contexts(seed: int, *, arrow: bool, n_feats: int = 12, window: int = 2) -> pd.DataFrame:
+def random_contexts(seed: int, *, arrow: bool, n_feats: int = 12, window: int = 2, chunked: bool = False) -> pd.DataFrame:
     """A contexts table shaped like the metric's, with the edge cases drawn at random."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -172,12 +172,21 @@ def random_contexts(seed: int, *, arrow: bool, n_feats: int = 12, window: int = 
         if name in ("window_ids", "fp_window", "compressed_window"):
             arr = pa.array([list(v) for v in col], type=pa.list_(pa.int32() if name == "window_ids" else pa.float32()),
                            from_pandas=True)
-            out[name] = pd.arrays.ArrowExtensionArray(arr)
+            out[name] = pd.arrays.ArrowExtensionArray(_pieces(arr, chunked))
         elif name == "window_tokens":
-            out[name] = pd.arrays.ArrowExtensionArray(pa.array(list(col), type=pa.list_(pa.string())))
+            out[name] = pd.arrays.ArrowExtensionArray(_pieces(pa.array(list(col), type=pa.list_(pa.string())), chunked))
         else:
             out[name] = pd.arrays.ArrowExtensionArray(pa.array(col.tolist()))
     return pd.DataFrame(out)
+
+
+def _pieces(arr: Any, chunked: bool) -> Any:
+    """``arr``, or the same values as a chunked array of uneven slices (offsets not starting at 0)."""
+    if not chunked:
+        return arr
+    n = len(arr)
+    cuts = [0, n // 7, n // 2, n // 2 + 1, n]
+    return pa.chunked_array([arr.slice(a, b - a) for a, b in zip(cuts, cuts[1:])], type=arr.type)
 
 
 ATTRS = ("h", "c", "f", "kind", "rank", "context", "position", "start", "both", "ids", "scale", "tok_ids")
@@ -200,9 +209,11 @@ def assert_same(new: Any, ref: Any, n_configs: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("arrow", [True, False])
+@pytest.mark.parametrize("arrow", ["arrow", "chunked", "objects"])
 def test_vectorised_windows_match_the_per_row_reference(seed, arrow):
-    contexts = random_contexts(seed, arrow=arrow)
+    contexts = random_contexts(seed, arrow=arrow != "objects", chunked=arrow == "chunked")
+    if arrow == "chunked":  # the list columns really are several slices
+        assert contexts["fp_window"].array._pa_array.num_chunks == 4
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]  # blocks.9.other is left out
     configs = ["rtn bits=8", "magnitude sparsity=0.5", "rtn bits=4"]  # "skipped" is left out
     shown = 4  # ranks 4 and 5 are filtered
@@ -258,3 +269,23 @@ def test_number_formatting_matches_the_per_value_functions():
     texts = page._json_numbers(values)
     assert texts == ["null" if v is None else repr(v) for v in page._round4(values)]
     assert page._band_codes(pd.Series(["damaged", None, "survived", "odd", "blurred"])) == [2, -1, 0, -1, 1]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_list_reads_from_flat_buffers_equal_the_row_by_row_stack(chunked):
+    """``_take_lists`` / ``_list_items`` against ``_stack`` and Python indexing, on regular lists
+    (flat-buffer path) and on irregular ones (the fallback)."""
+    rng = np.random.default_rng(5)
+    regular = [rng.normal(size=3).astype(np.float32).tolist() for _ in range(40)]
+    regular[4][1] = None  # a null item inside a list: NaN
+    irregular = regular[:10] + [[1.0, 2.0]] + regular[11:]
+    rows = np.array([0, 3, 4, 9, 10, 11, 25, 39])
+    for lists in (regular, irregular):
+        col = pd.Series(pd.arrays.ArrowExtensionArray(_pieces(pa.array(lists, type=pa.list_(pa.float32())), chunked)))
+        got = page._take_lists(col, 3, np.nan, np.float32, rows)
+        np.testing.assert_array_equal(got, page._stack(col, 3, np.nan, np.float32, rows))
+    words = [[f"w{i}.{j}" for j in range(3)] for i in range(40)]
+    col = pd.Series(pd.arrays.ArrowExtensionArray(_pieces(pa.array(words, type=pa.list_(pa.string())), chunked)))
+    at = rng.integers(0, 3, len(rows))
+    assert page._list_items(col, 3, rows, at) == [words[r][j] for r, j in zip(rows, at)]
+    assert page._regular_chunks(col, 3) is not None and page._regular_chunks(col, 4) is None

@@ -135,6 +135,68 @@ def _rounded4(values: Any) -> Any:
     return np.where(ok, np.round(x * mag) / mag, x)
 
 
+def _regular_chunks(column: Any, width: int) -> list[tuple[Any, int]] | None:
+    """Per chunk of an Arrow-backed list column: (its flat child values, as Arrow, and its row
+    count), when no list is null and every one holds ``width`` items; else None. Nothing is copied."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if not isinstance(getattr(column, "dtype", None), pd.ArrowDtype):
+        return None
+    out = []
+    for chunk in pa.chunked_array(column.array._pa_array).chunks:
+        if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)) or chunk.null_count:
+            return None
+        offsets = chunk.offsets.to_numpy()
+        if len(chunk) and not (np.diff(offsets) == width).all():
+            return None
+        out.append((chunk.values.slice(int(offsets[0]), len(chunk) * width), len(chunk)))
+    return out
+
+
+def _by_chunk(chunks: list[tuple[Any, int]], rows: Any) -> list[tuple[Any, Any]]:
+    """(flat values, the chunk's local row indexes) for the ascending global ``rows``, chunk by chunk."""
+    import numpy as np
+
+    starts = np.cumsum([0] + [n for _, n in chunks])
+    cut = np.searchsorted(rows, starts)
+    return [(values, rows[cut[i]:cut[i + 1]] - starts[i]) for i, (values, _) in enumerate(chunks)
+            if cut[i + 1] > cut[i]]
+
+
+def _take_lists(column: Any, width: int, fill: Any, dtype: Any, rows: Any) -> Any:
+    """``_stack(column, width, fill, dtype, rows)`` for ascending ``rows``, read chunk by chunk from
+    an Arrow list column's flat buffers (no combined copy of the column) when it is regular."""
+    import numpy as np
+
+    chunks = _regular_chunks(column, width)
+    if chunks is None:
+        return _stack(column, width, fill, dtype, rows)
+    parts = [values.to_numpy(zero_copy_only=False).reshape(-1, width)[local].astype(dtype, copy=False)
+             for values, local in _by_chunk(chunks, np.asarray(rows, dtype=np.int64))]
+    return np.concatenate(parts) if parts else np.full((0, width), fill, dtype=dtype)
+
+
+def _list_items(column: Any, width: int, rows: Any, at: Any) -> list[str]:
+    """``str(list(column[rows[i]])[at[i]])`` for each i (ascending ``rows``), from the flat buffers when regular."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows, at = np.asarray(rows, dtype=np.int64), np.asarray(at, dtype=np.int64)
+    chunks = _regular_chunks(column, width) if len(rows) else None
+    if chunks is None:
+        sub = column.iloc[rows] if len(rows) else column.iloc[:0]
+        return [str(list(t)[j]) for t, j in zip(sub.tolist(), at.tolist())]
+    out: list[str] = []
+    done = 0
+    for values, local in _by_chunk(chunks, rows):
+        flat = local * width + at[done:done + len(local)]
+        out.extend(str(v) for v in values.take(pa.array(flat)).to_pylist())
+        done += len(local)
+    return out
+
+
 def _round4(values: Any) -> list[Any]:
     """4 significant digits, as a list (None for non-finite values)."""
     return _finite_list(_rounded4(values))
@@ -226,11 +288,11 @@ class _Windows:
         self.both = col("in_both", bool)
         self.window = int((self.position - self.start)[0]) if len(idx) else 0
         width = 2 * self.window + 1
-        self.ids = _stack(contexts["window_ids"], width, -1, np.int32, idx)
-        fpw = _stack(contexts["fp_window"], width, np.nan, np.float32, idx)
-        cw = _stack(contexts["compressed_window"], width, np.nan, np.float32, idx)
-        fpw, cw = np.where(fpw > 0, fpw, 0.0), np.where(cw > 0, cw, 0.0)  # NaN (not kept) -> 0
-        peak = np.maximum(fpw.max(axis=1, initial=0.0), cw.max(axis=1, initial=0.0))
+        self.ids = _take_lists(contexts["window_ids"], width, -1, np.int32, idx)
+        fpw = _take_lists(contexts["fp_window"], width, np.nan, np.float32, idx)
+        cw = _take_lists(contexts["compressed_window"], width, np.nan, np.float32, idx)
+        # the largest positive activation of each row (NaN: not kept, ignored; 0 if none)
+        peak = np.maximum(np.fmax.reduce(fpw, axis=1, initial=0.0), np.fmax.reduce(cw, axis=1, initial=0.0))
         # the scale of a row: the largest shown activation of its (hook, feature)
         groups, inverse = np.unique(self.h * (1 << 32) + self.f, return_inverse=True)
         top = np.zeros(len(groups), dtype=peak.dtype)
@@ -245,10 +307,10 @@ class _Windows:
         uniq = np.flatnonzero(seen >= 0)
         first = seen[uniq]
         rows = idx[first // width]
-        tokens = contexts["window_tokens"]
-        sub = tokens.iloc[rows] if len(rows) else tokens.iloc[:0]
         self.tok_ids = uniq
-        self.tok_strings = [str(list(t)[j]) for t, j in zip(sub.tolist(), (first % width).tolist())]
+        by_row = np.argsort(rows, kind="stable")
+        strings = _list_items(contexts["window_tokens"], width, rows[by_row], (first % width)[by_row])
+        self.tok_strings = np.asarray(strings, dtype=object)[np.argsort(by_row)].tolist() if len(rows) else []
 
     def _digits(self, w: Any) -> Any:
         """Per row and window position a digit: 0 (not firing) or 1..LEVELS of the block's scale."""
