@@ -289,3 +289,21 @@ def test_list_reads_from_flat_buffers_equal_the_row_by_row_stack(chunked):
     at = rng.integers(0, 3, len(rows))
     assert page._list_items(col, 3, rows, at) == [words[r][j] for r, j in zip(rows, at)]
     assert page._regular_chunks(col, 3) is not None and page._regular_chunks(col, 4) is None
+
+
+def test_column_codes_rows_peaks_and_row_formatting_against_plain_python():
+    values = ["b", "a", "c"]
+    raw = ["a"] * 5 + ["x"] * 2 + ["b", "a", None, "c", "c", np.nan, "a"]
+    want = [values.index(str(v)) if str(v) in values else -1 for v in raw]
+    for col in (pd.Series(raw, dtype=object), pd.Series(pd.arrays.ArrowExtensionArray(
+            _pieces(pa.array([None if v is None or v != v else v for v in raw]), True)))):
+        assert page._codes(col, values).tolist() == [w if str(v) not in ("None", "nan") else -1
+                                                     for v, w in zip(raw, want)]
+    assert page._codes(pd.Series(["a", pd.NA, "b"], dtype=object), values).tolist() == [1, -1, 0]
+    assert page._codes(pd.Series([], dtype=object), values).tolist() == []
+    w = np.array([[np.nan, -1.0, 2.0], [np.nan, np.nan, np.nan], [-3.0, 0.5, 0.25]], dtype=np.float32)
+    np.testing.assert_array_equal(page._row_peak(w), [2.0, 0.0, 0.5])
+    np.testing.assert_array_equal(page._row_peak(w, np.array([1.0, 7.0, 0.0], dtype=np.float32)), [2.0, 7.0, 0.5])
+    cols = (np.array([3, -1, 10]), ["x", "null", '"0120"'], [0.5, 2, "s"])
+    assert page._format_rows("[%d,%s,%s]", *cols) == ["[%d,%s,%s]" % row for row in zip(*cols)]
+    assert page._format_rows("%s") == [] and page._format_rows("[%d]", np.array([], dtype=np.int64)) == []

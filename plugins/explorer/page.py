@@ -231,16 +231,6 @@ def _json_numbers(values: Any) -> list[str]:
     return np.asarray(_json_items(_finite_list(distinct.view(np.float64))), dtype=object)[inverse.reshape(-1)].tolist()
 
 
-def _placed(n: int, rows: Any, items: list[str]) -> list[Any]:
-    """A list of ``n`` with ``items`` at ``rows`` (None elsewhere)."""
-    import numpy as np
-
-    out = np.full(n, None, dtype=object)
-    if len(rows):
-        out[rows] = items
-    return out.tolist()
-
-
 def _digit_strings(q: Any) -> list[str]:
     """Per row of the ``[rows, width]`` uint8 digit array ``q``: its digits as a quoted JSON string."""
     import numpy as np
@@ -265,10 +255,7 @@ class _Windows:
         import pandas as pd
 
         def codes(name: str, values: list[str]) -> Any:
-            """The column as indexes into ``values`` (-1: not among them), through its few distinct values."""
-            seen, distinct = pd.factorize(contexts[name], use_na_sentinel=False)
-            at = pd.Index(values).get_indexer([str(v) for v in distinct])
-            return at.astype(np.int64)[np.asarray(seen, dtype=np.int64)]
+            return _codes(contexts[name], values)
 
         h_all, c_all = codes("hook", hooks), codes("config", configs)
         rank_all = contexts["rank"].to_numpy(np.int64)
@@ -292,7 +279,7 @@ class _Windows:
         fpw = _take_lists(contexts["fp_window"], width, np.nan, np.float32, idx)
         cw = _take_lists(contexts["compressed_window"], width, np.nan, np.float32, idx)
         # the largest positive activation of each row (NaN: not kept, ignored; 0 if none)
-        peak = np.maximum(np.fmax.reduce(fpw, axis=1, initial=0.0), np.fmax.reduce(cw, axis=1, initial=0.0))
+        peak = _row_peak(fpw, _row_peak(cw))
         # the scale of a row: the largest shown activation of its (hook, feature)
         groups, inverse = np.unique(self.h * (1 << 32) + self.f, return_inverse=True)
         top = np.zeros(len(groups), dtype=peak.dtype)
@@ -316,7 +303,13 @@ class _Windows:
         """Per row and window position a digit: 0 (not firing) or 1..LEVELS of the block's scale."""
         import numpy as np
 
-        return np.where(w > 0, np.clip(np.ceil(LEVELS * w / self.scale[:, None]), 1, LEVELS), 0).astype(np.uint8)
+        out = np.empty(w.shape, dtype=np.uint8)
+        step = 16384  # rows per block: the float64 temporaries stay in cache
+        for i in range(0, w.shape[0], step):
+            b = w[i:i + step]
+            q = np.clip(np.ceil(LEVELS * b / self.scale[i:i + step, None]), 1, LEVELS)
+            out[i:i + step] = np.where(b > 0, q, 0)
+        return out
 
     @staticmethod
     def _sparse(q: Any) -> list[str]:
@@ -387,21 +380,23 @@ class _Windows:
         else:
             looked = np.full(n, -1)
         slot = np.where(is_f, slot, looked)
-        cx_, pos_, slot_ = cx.tolist(), pos.tolist(), slot.tolist()
         fi = np.flatnonzero(is_f)  # rows of "f"
         k0 = np.flatnonzero(kind == 0)
         ci = k0[slot[k0] >= 0]  # rows of "c"
         ti = np.flatnonzero(kind == 1)  # rows of "t"; written out in full unless shared with "f"
         shared = both[ti] & (slot[ti] >= 0)
         own = ti[~shared]
-        # the JSON texts of the rows that are written (activations: None -> null; digits quoted)
+        # the JSON texts of the rows that are written (activations: None -> null; digits quoted):
+        # FP-side texts for the "f" rows then the own-top rows written out, compressed-side texts
+        # for the "c" rows then those same own-top rows
+        nfi, nci = len(fi), len(ci)
         with_fp, with_c = np.concatenate([fi, own]), np.concatenate([ci, own])
-        fa = _placed(n, with_fp, _json_numbers(self._fp_act[order[with_fp]]))
-        ca = _placed(n, with_c, _json_numbers(self._comp_act[order[with_c]]))
-        spf = _placed(n, with_fp, _digit_strings(self._q_fp[order[with_fp]]))
-        spc = _placed(n, with_c, _digit_strings(self._q_c[order[with_c]]))
+        fa = _json_numbers(self._fp_act[order[with_fp]])
+        ca = _json_numbers(self._comp_act[order[with_c]])
+        spf = _digit_strings(self._q_fp[order[with_fp]])
+        spc = _digit_strings(self._q_c[order[with_c]])
         # "f": one list per block
-        f_frag = [f'[{cx_[i]},{pos_[i]},{fa[i]},{spf[i]}]' for i in fi.tolist()]
+        f_frag = _format_rows("[%d,%d,%s,%s]", cx[fi], pos[fi], fa[:nfi], spf[:nfi])
         f_lists = _joined(f_frag, bid[fi], nb)
         # "c": per block and configuration, entries placed at their slots (gaps: null)
         has_c = _present(bid[k0] * n_configs + c[k0], nb * n_configs)
@@ -410,13 +405,14 @@ class _Windows:
         np.maximum.at(length, g, slot[ci] + 1)
         offset = np.cumsum(length) - length
         cells = np.full(int(length.sum()), "null", dtype=object)
-        cells[offset[g] + slot[ci]] = [f'[{ca[i]},{spc[i]}]' for i in ci.tolist()]
+        cells[offset[g] + slot[ci]] = _format_rows("[%s,%s]", ca[:nci], spc[:nci])
         c_lists = _joined(cells.tolist(), np.repeat(np.arange(nb * n_configs), length), nb * n_configs)
-        # "t": per block and configuration, its own top by rank
-        both_ = both.tolist()
-        t_frag = [f"[{slot_[i]}]" if s else
-                  f'[{cx_[i]},{pos_[i]},{ca[i]},{fa[i]},{spc[i]},{spf[i]},{1 if both_[i] else 0}]'
-                  for i, s in zip(ti.tolist(), shared.tolist())]
+        # "t": per block and configuration, its own top by rank (a shared spot: [its "f" slot])
+        t_frag = np.empty(len(ti), dtype=object)
+        t_frag[shared] = _format_rows("[%d]", slot[ti[shared]])
+        t_frag[~shared] = _format_rows("[%d,%d,%s,%s,%s,%s,%d]", cx[own], pos[own], ca[nci:], fa[nfi:],
+                                       spc[nci:], spf[nfi:], both[own].astype(np.int64))
+        t_frag = t_frag.tolist()
         tg = bid[ti] * n_configs + c[ti]
         t_lists = _joined(t_frag, tg, nb * n_configs)
         has_t = _present(tg, nb * n_configs)
@@ -424,17 +420,16 @@ class _Windows:
         used = np.concatenate([fi, ti[~shared]])
         used = used[np.lexsort((np.arange(len(used)), bid[used]))]
         used_rows = np.split(order[used], np.searchsorted(bid[used], np.arange(1, nb)))
-        scale = _round4(self.scale[order[starts]])
-        hs, fs_ = h[starts].tolist(), f[starts].tolist()
-        out: dict[str, tuple[str, list[int]]] = {}
-        for b in range(nb):
-            lo = b * n_configs
-            cs = ",".join(f"[{c_lists[g]}]" if has_c[g] else "null" for g in range(lo, lo + n_configs))
-            ts = ",".join(f"[{t_lists[g]}]" if has_t[g] else "null" for g in range(lo, lo + n_configs))
-            s = "null" if scale[b] is None else repr(scale[b])
-            out[f"{hs[b]}:{fs_[b]}"] = (f'{{"s":{s},"f":[{f_lists[b]}],"c":[{cs}],"t":[{ts}]}}',
-                                        used_rows[b].tolist())
-        return out
+        # per block: "c" and "t" list one entry per configuration ([...] or null), then the block
+        cg = [f"[{x}]" if present else "null" for x, present in zip(c_lists, has_c)]
+        tg_ = [f"[{x}]" if present else "null" for x, present in zip(t_lists, has_t)]
+        per_block = ",".join(["%s"] * n_configs)
+        cs = _format_rows(per_block, *(cg[j::n_configs] for j in range(n_configs)))
+        ts = _format_rows(per_block, *(tg_[j::n_configs] for j in range(n_configs)))
+        scale = _json_numbers(self.scale[order[starts]])
+        text = _format_rows('{"s":%s,"f":[%s],"c":[%s],"t":[%s]}', scale, f_lists, cs, ts)
+        keys = _format_rows("%d:%d", h[starts], f[starts])
+        return {key: (block, rows.tolist()) for key, block, rows in zip(keys, text, used_rows)}
 
     def tokens(self, rows: list[int]) -> tuple[list[str], dict[str, list[int]]]:
         """The token table and, per context used by ``rows``, its tokens from the first stored position."""
@@ -463,6 +458,57 @@ class _Windows:
         for i, c in enumerate(used_ctx.tolist()):
             out[str(c)] = [int(lo[i])] + codes[i, lo[i]:hi[i] + 1].tolist()
         return strings, out
+
+
+def _codes(column: Any, values: list[str]) -> Any:
+    """The column as indexes into ``values`` (-1: not among them), through its few distinct values:
+    an Arrow column by its dictionary encoding, an object column by its runs of one value (a
+    concatenation of per-configuration tables has a few long runs)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    index = pd.Index(values)
+    if isinstance(getattr(column, "dtype", None), pd.ArrowDtype):
+        enc = pa.chunked_array(column.array._pa_array).combine_chunks().dictionary_encode()
+        at = np.r_[index.get_indexer([str(v) for v in enc.dictionary.to_pylist()]), -1].astype(np.int64)
+        return at[enc.indices.fill_null(len(at) - 1).to_numpy(zero_copy_only=False).astype(np.int64)]  # null: -1
+    arr = np.asarray(column, dtype=object)
+    try:
+        starts = np.flatnonzero(np.r_[True, arr[1:] != arr[:-1]]) if len(arr) else np.zeros(0, np.int64)
+    except (TypeError, ValueError):  # values that do not compare (pd.NA): every row its own run
+        starts = np.arange(len(arr))
+    seen, distinct = pd.factorize(arr[starts], use_na_sentinel=False)
+    at = index.get_indexer([str(v) for v in distinct]).astype(np.int64)
+    return np.repeat(at[np.asarray(seen, dtype=np.int64)], np.diff(np.r_[starts, len(arr)]))
+
+
+def _row_peak(w: Any, peak: Any = None) -> Any:
+    """Per row of ``w`` ``[rows, width]``: the largest positive value (NaN ignored; 0 if none),
+    at least ``peak`` (a reduce along the short rows is slow: done on cache-sized transposed blocks)."""
+    import numpy as np
+
+    out = np.zeros(w.shape[0], dtype=w.dtype) if peak is None else peak.astype(w.dtype, copy=True)
+    step = 8192  # rows per cache-sized block, reduced along its transposed (contiguous) copy
+    for i in range(0, w.shape[0], step):
+        np.fmax.reduce(np.ascontiguousarray(w[i:i + step].T), axis=0, initial=0.0, out=out[i:i + step])
+        np.fmax(out[i:i + step], 0 if peak is None else peak[i:i + step], out=out[i:i + step])
+    return out
+
+
+def _format_rows(fmt: str, *columns: Any) -> list[str]:
+    """``[fmt % row for row in zip(*columns)]`` in one C-level ``%`` over all rows (the results
+    must not contain NUL, the separator)."""
+    import numpy as np
+
+    m = len(columns[0]) if columns else 0
+    if m == 0:
+        return []
+    k = len(columns)
+    args = np.empty(m * k, dtype=object)
+    for j, col in enumerate(columns):
+        args[j::k] = col.tolist() if isinstance(col, np.ndarray) else col
+    return (((fmt + "\0") * m) % tuple(args.tolist()))[:-1].split("\0")
 
 
 def _joined(fragments: list[str], group: Any, n_groups: int) -> list[str]:
