@@ -93,11 +93,14 @@ def _run_once(cmd: list[str], env: dict | None, watch: str | None) -> dict:
 
 
 def audit_cmd(work: Path, out: Path, *, tokens: int = 4096, width: int = 16384, bits: str = BITS,
-              device: str = "cpu", quiet: bool = True, command: str = "audit") -> list[str]:
+              device: str = "cpu", quiet: bool = True, command: str = "audit", extra: tuple[str, ...] = ()) -> list[str]:
     head = [FEATSURV, "audit", "rtn", "-p", f"bits={bits}"] if command == "audit" else [FEATSURV, "compare", "rtn", "magnitude"]
     return head + ["--model", str(work / "model"), "--sae", str(work / f"sae-{width}"), "--dataset",
                    str(work / "corpus.txt"), "--tokens", str(tokens), "--min-explained-variance", "0",
-                   "--device", device, "--out", str(out)] + (["-q"] if quiet else [])
+                   "--device", device, "--out", str(out)] + list(extra) + (["-q"] if quiet else [])
+
+
+VARIANT: tuple[str, ...] = ()  # --variant: extra audit options of a fourth, informative program
 
 
 def role_cmd(role: str, work: Path, *, tokens: int = 4096, width: int = 16384, bits: str = BITS,
@@ -112,9 +115,9 @@ TOKENS = 4096
 def program(name: str, work: Path, scratch: Path, device: str, **kw) -> dict:
     """One measured run of ``audit``, ``limit`` or ``reference``, with its own compute timings."""
     kw.setdefault("tokens", TOKENS)
-    if name == "audit":
-        out = scratch / f"audit-{time.time_ns()}"
-        res = run(audit_cmd(work, out, device=device, **kw))
+    if name in ("audit", "variant"):
+        out = scratch / f"{name}-{time.time_ns()}"
+        res = run(audit_cmd(work, out, device=device, extra=VARIANT if name == "variant" else (), **kw))
         rec = json.loads((out / "run.json").read_text())
         t = rec["timings"]
         res.update(compute_s=t["fp_pass"] + t["configurations"], fp_s=t["fp_pass"],
@@ -132,10 +135,10 @@ def _med(xs):
 
 
 def interleaved(work: Path, scratch: Path, reps: int, device: str) -> dict:
-    names = ["audit", "limit", "reference"]
+    names = ["audit", "limit", "reference"] + (["variant"] if VARIANT else [])
     runs = {n: [] for n in names}
     for rep in range(reps):
-        order = names[rep % 3:] + names[:rep % 3]
+        order = names[rep % len(names):] + names[:rep % len(names)]
         for n in order:
             r = program(n, work, scratch, device)
             r.pop("stdout", None)
@@ -154,6 +157,11 @@ def interleaved(work: Path, scratch: Path, reps: int, device: str) -> dict:
         "reference/audit cpu": [y["cpu_s"] / x["cpu_s"] for x, y in zip(a, ref)],
         "reference/audit per config": [per_cfg(y, 1) / per_cfg(x) for x, y in zip(a, ref)],
     }
+    if VARIANT:  # informative only: the targets are the default audit's
+        v = runs["variant"]
+        ratios.update({"variant/limit wall": [x["wall_s"] / y["wall_s"] for x, y in zip(v, li)],
+                       "variant/limit cpu": [x["cpu_s"] / y["cpu_s"] for x, y in zip(v, li)],
+                       "variant/limit compute": [x["compute_s"] / y["compute_s"] for x, y in zip(v, li)]})
     medians = {n: {k: _med([r[k] for r in runs[n]]) for k in ("wall_s", "cpu_s", "compute_s", "peak_rss_mib")}
                for n in names}
     for n in names:
@@ -255,7 +263,8 @@ PARTS = ("interleaved", "startup", "memory", "widths", "compare")
 
 def measure(args, parts: tuple[str, ...], ws: tuple[int, ...]) -> dict:
     """Run the chosen parts of the benchmark; returns the result dict (without targets)."""
-    res: dict = {"machine": machine(), "command": " ".join(audit_cmd(args.work, Path("OUT")))}
+    res: dict = {"machine": machine(), "command": " ".join(audit_cmd(args.work, Path("OUT"))),
+                 "variant": " ".join(VARIANT)}
     with tempfile.TemporaryDirectory(prefix="bench-limit-") as tmp:
         scratch = Path(tmp)
         if "interleaved" in parts:
@@ -293,7 +302,7 @@ def targets(res: dict) -> dict[str, bool]:
 
 
 def main() -> int:
-    global TOKENS
+    global TOKENS, VARIANT
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "featsurv-bench-limit")
     p.add_argument("--reps", type=int, default=3)
@@ -304,7 +313,10 @@ def main() -> int:
     p.add_argument("--widths", default=",".join(str(w) for w in W.WIDTHS))
     p.add_argument("--tokens", type=int, default=TOKENS, help="audit tokens of the interleaved runs (4096)")
     p.add_argument("--memory-tokens", default="16384,65536")
+    p.add_argument("--variant", default="", help="extra audit options of a fourth program in the interleaved part, "
+                   "reported beside (not instead of) the default audit, e.g. '--contexts-k 0'")
     args = p.parse_args()
+    VARIANT = tuple(args.variant.split())
     TOKENS = args.tokens
     ws = tuple(int(w) for w in args.widths.split(","))
     parts = ("interleaved",) if args.quick else tuple(x for x in args.parts.split(",") if x)

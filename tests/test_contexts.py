@@ -160,8 +160,8 @@ def test_topk_memory_is_d_by_k():
 
 
 def test_payloads_follow_their_entries_through_pool_growth_and_compaction(backend):
-    """Many batches, each entering many entries: the payload pool grows, then is compacted
-    (capped at 2 d k rows); every kept entry still carries the payload computed when it entered."""
+    """Many batches, each entering many entries: the payload pool fills, then is compacted in
+    place; every kept entry still carries the payload computed when it entered."""
     d, k, t = 7, 3, 16
     tk = StreamingTopK(d=d, k=k)
     gen = torch.Generator().manual_seed(3)
@@ -177,7 +177,8 @@ def test_payloads_follow_their_entries_through_pool_growth_and_compaction(backen
         tk.update(v, keys, payload)
         grown.add(next(iter(tk._pool.values())).shape[0])
         assert tk._used <= 2 * d * k
-    assert max(grown) == 2 * d * k  # the pool reached its cap, so it was compacted
+    # allocated for 1.25 d k, grown only when more entered at once than the room left, compacted in place
+    assert min(grown) == d * k + d * k // 4 and max(grown) <= 2 * d * k and tk.compactions > 5
     e = tk.entries()
     want = dense_topk(torch.cat(all_v).numpy(), torch.cat(all_keys).numpy(), k)
     for f in range(d):

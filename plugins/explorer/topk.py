@@ -43,6 +43,7 @@ class StreamingTopK:
         self.slots = np.full((d, k), -1, dtype=np.int64)  # each kept entry's row in the payload pool
         self._pool: dict[str, Any] = {}  # name -> [capacity, P] rows, appended as entries enter
         self._used = 0  # pool rows written so far
+        self.compactions = 0  # times the pool was compacted
         self._threshold: Any = None  # the k-th values, on the batches' device
 
     def update(self, values: "torch.Tensor", keys: "torch.Tensor", payload_fn: PayloadFn | None = None) -> None:
@@ -129,30 +130,48 @@ class StreamingTopK:
             self.slots[f_new[~from_kept], r_new[~from_kept]] = self._append(fresh, entering.size)
 
     def _append(self, fresh: dict[str, Any], n: int) -> Any:
-        """Pool rows for ``n`` new entries holding ``fresh``; the pool doubles up to ``2 d k`` rows
-        and is compacted to the live entries when full (so it never holds more than that)."""
+        """Pool rows for ``n`` new entries holding ``fresh``.
+
+        The pool is allocated once per payload with room for ``d k`` entries plus a quarter
+        (``np.empty``: memory becomes resident only as rows are written); when the next rows
+        would not fit, it is compacted in place to the rows kept entries still point to (at most
+        ``d k``), without a second copy. Only when more entries enter in one batch than the room
+        then left is it reallocated larger (at most ``2 d k`` rows).
+        """
         import numpy as np
 
-        cap = next(iter(self._pool.values())).shape[0] if self._pool else 0
-        if self._used + n > cap:
-            live = self.slots[self.slots >= 0]
-            limit = 2 * self.d * self.k
-            if self._used + n <= limit:  # room to grow
-                size = min(limit, max(2 * cap, self._used + n, 1024))
-                self._pool = {name: _grown(pool, size) for name, pool in self._pool.items()}
-            else:  # compact: keep only the live rows, renumbered in slot order
-                self._pool = {name: _grown(pool[live], limit) for name, pool in self._pool.items()}
-                self.slots[self.slots >= 0] = np.arange(live.size)
-                self._used = live.size
+        dk = self.d * self.k
+        if self._used + n > self._capacity():
+            self._compact()
+        if self._used + n > self._capacity():  # more entering at once than the room left: grow
+            size = self._used + n + max(dk // 4, 1)
+            self._pool = {name: _grown(pool[:self._used], size) for name, pool in self._pool.items()}
         start = self._used
         for name, value in fresh.items():
             if name not in self._pool:
-                size = max(next(iter(self._pool.values())).shape[0] if self._pool else 0, start + n, 1024)
-                fill = np.nan if np.issubdtype(value.dtype, np.floating) else -1
-                self._pool[name] = np.full((min(size, 2 * self.d * self.k), value.shape[1]), fill, dtype=value.dtype)
+                size = max(self._capacity(), dk + max(dk // 4, 1), start + n)
+                self._pool[name] = np.empty((size, value.shape[1]), dtype=value.dtype)
             self._pool[name][start:start + n] = value
         self._used = start + n
         return np.arange(start, start + n)
+
+    def _capacity(self) -> int:
+        return next(iter(self._pool.values())).shape[0] if self._pool else 0
+
+    def _compact(self, block: int = 8192) -> None:
+        """Move the rows that slots point to down to the start of the pool, in ascending order
+        and block by block (a destination never overtakes a source still to be read), and renumber."""
+        import numpy as np
+
+        has = self.slots >= 0
+        live = np.unique(self.slots[has])  # ascending; live[j] >= j
+        for pool in self._pool.values():
+            for j in range(0, live.size, block):
+                src = live[j:j + block]
+                pool[j:j + src.size] = pool[src]
+        self.slots[has] = np.searchsorted(live, self.slots[has])
+        self._used = int(live.size)
+        self.compactions += 1
 
     @property
     def payload(self) -> dict[str, Any]:
