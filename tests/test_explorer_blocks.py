@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from featsurv_plugins.explorer import page
+from featsurv_plugins.explorer import columns, page, texts
 
 
 class ReferenceWindows:
@@ -39,14 +39,14 @@ class ReferenceWindows:
         self.context = ctx["context"].to_numpy(np.int64)
         self.position = ctx["position"].to_numpy(np.int64)
         self.start = ctx["window_start"].to_numpy(np.int64)
-        self.fp_act = page._round4(ctx["fp_act"].to_numpy(np.float64))
-        self.comp_act = page._round4(ctx["compressed_act"].to_numpy(np.float64))
+        self.fp_act = texts._round4(ctx["fp_act"].to_numpy(np.float64))
+        self.comp_act = texts._round4(ctx["compressed_act"].to_numpy(np.float64))
         self.both = ctx["in_both"].to_numpy(bool)
         self.window = int((self.position - self.start)[0]) if len(ctx) else 0
         width = 2 * self.window + 1
-        self.ids = page._stack(ctx["window_ids"], width, -1, np.int64)
-        fpw = page._stack(ctx["fp_window"], width, np.nan, np.float32)
-        cw = page._stack(ctx["compressed_window"], width, np.nan, np.float32)
+        self.ids = columns._stack(ctx["window_ids"], width, -1, np.int64)
+        fpw = columns._stack(ctx["fp_window"], width, np.nan, np.float32)
+        cw = columns._stack(ctx["compressed_window"], width, np.nan, np.float32)
         fpw, cw = np.where(fpw > 0, fpw, 0.0), np.where(cw > 0, cw, 0.0)  # NaN (not kept) -> 0
         peak = np.maximum(fpw.max(axis=1, initial=0.0), cw.max(axis=1, initial=0.0))
         key = self.h * (1 << 32) + self.f
@@ -90,7 +90,7 @@ class ReferenceWindows:
         order = np.lexsort((self.rank, self.c, self.kind, self.f, self.h))
         h_, f_, kind_, c_ = self.h.tolist(), self.f.tolist(), self.kind.tolist(), self.c.tolist()
         cx_, pos_, both_ = self.context.tolist(), self.position.tolist(), self.both.tolist()
-        scale_ = page._round4(self.scale)
+        scale_ = texts._round4(self.scale)
         blocks: dict[str, tuple[dict[str, Any], list[int]]] = {}
         fp_rows: dict[tuple[int, int], int] = {}
         first_conf = -1
@@ -262,12 +262,12 @@ def test_number_formatting_matches_the_per_value_functions():
                2.5, 1234.5, 98765.4321, 1e16, 1.23e17, -1e-300, 5e-324, np.nan, np.inf, -np.inf]
     values = np.concatenate([special, rng.normal(0, 1, 3000), rng.exponential(5, 3000) * 10.0 ** rng.integers(-8, 12, 3000),
                              np.round(rng.normal(0, 100, 3000), 2)])
-    assert page._g_list(values) == [page._g(v) for v in values]
-    assert page._g_list(pd.Series(values)) == [page._g(v) for v in values]
-    assert page._g_list(pd.Series(["1.5", None, "x"], dtype=object)) == [1.5, None, None]
-    assert page._g_list([]) == []
-    texts = page._json_numbers(values)
-    assert texts == ["null" if v is None else repr(v) for v in page._round4(values)]
+    assert texts._g_list(values) == [texts._g(v) for v in values]
+    assert texts._g_list(pd.Series(values)) == [texts._g(v) for v in values]
+    assert texts._g_list(pd.Series(["1.5", None, "x"], dtype=object)) == [1.5, None, None]
+    assert texts._g_list([]) == []
+    numbers = texts._json_numbers(values)
+    assert numbers == ["null" if v is None else repr(v) for v in texts._round4(values)]
     assert page._band_codes(pd.Series(["damaged", None, "survived", "odd", "blurred"])) == [2, -1, 0, -1, 1]
 
 
@@ -282,13 +282,13 @@ def test_list_reads_from_flat_buffers_equal_the_row_by_row_stack(chunked):
     rows = np.array([0, 3, 4, 9, 10, 11, 25, 39])
     for lists in (regular, irregular):
         col = pd.Series(pd.arrays.ArrowExtensionArray(_pieces(pa.array(lists, type=pa.list_(pa.float32())), chunked)))
-        got = page._take_lists(col, 3, np.nan, np.float32, rows)
-        np.testing.assert_array_equal(got, page._stack(col, 3, np.nan, np.float32, rows))
+        got = columns._take_lists(col, 3, np.nan, np.float32, rows)
+        np.testing.assert_array_equal(got, columns._stack(col, 3, np.nan, np.float32, rows))
     words = [[f"w{i}.{j}" for j in range(3)] for i in range(40)]
     col = pd.Series(pd.arrays.ArrowExtensionArray(_pieces(pa.array(words, type=pa.list_(pa.string())), chunked)))
     at = rng.integers(0, 3, len(rows))
-    assert page._list_items(col, 3, rows, at) == [words[r][j] for r, j in zip(rows, at)]
-    assert page._regular_chunks(col, 3) is not None and page._regular_chunks(col, 4) is None
+    assert columns._list_items(col, 3, rows, at) == [words[r][j] for r, j in zip(rows, at)]
+    assert columns._regular_chunks(col, 3) is not None and columns._regular_chunks(col, 4) is None
 
 
 def test_column_codes_rows_peaks_and_row_formatting_against_plain_python():
@@ -297,13 +297,13 @@ def test_column_codes_rows_peaks_and_row_formatting_against_plain_python():
     want = [values.index(str(v)) if str(v) in values else -1 for v in raw]
     for col in (pd.Series(raw, dtype=object), pd.Series(pd.arrays.ArrowExtensionArray(
             _pieces(pa.array([None if v is None or v != v else v for v in raw]), True)))):
-        assert page._codes(col, values).tolist() == [w if str(v) not in ("None", "nan") else -1
+        assert columns._codes(col, values).tolist() == [w if str(v) not in ("None", "nan") else -1
                                                      for v, w in zip(raw, want)]
-    assert page._codes(pd.Series(["a", pd.NA, "b"], dtype=object), values).tolist() == [1, -1, 0]
-    assert page._codes(pd.Series([], dtype=object), values).tolist() == []
+    assert columns._codes(pd.Series(["a", pd.NA, "b"], dtype=object), values).tolist() == [1, -1, 0]
+    assert columns._codes(pd.Series([], dtype=object), values).tolist() == []
     w = np.array([[np.nan, -1.0, 2.0], [np.nan, np.nan, np.nan], [-3.0, 0.5, 0.25]], dtype=np.float32)
-    np.testing.assert_array_equal(page._row_peak(w), [2.0, 0.0, 0.5])
-    np.testing.assert_array_equal(page._row_peak(w, np.array([1.0, 7.0, 0.0], dtype=np.float32)), [2.0, 7.0, 0.5])
+    np.testing.assert_array_equal(columns._row_peak(w), [2.0, 0.0, 0.5])
+    np.testing.assert_array_equal(columns._row_peak(w, np.array([1.0, 7.0, 0.0], dtype=np.float32)), [2.0, 7.0, 0.5])
     cols = (np.array([3, -1, 10]), ["x", "null", '"0120"'], [0.5, 2, "s"])
-    assert page._format_rows("[%d,%s,%s]", *cols) == ["[%d,%s,%s]" % row for row in zip(*cols)]
-    assert page._format_rows("%s") == [] and page._format_rows("[%d]", np.array([], dtype=np.int64)) == []
+    assert texts._format_rows("[%d,%s,%s]", *cols) == ["[%d,%s,%s]" % row for row in zip(*cols)]
+    assert texts._format_rows("%s") == [] and texts._format_rows("[%d]", np.array([], dtype=np.int64)) == []

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import zlib
 from pathlib import Path
 from typing import Any
 
 from featsurv.base import ReportSection
+
+from .columns import _codes, _list_items, _row_peak, _take_lists
+from .texts import _digit_strings, _format_rows, _g_list, _joined, _json_numbers, _present, _round4, _rounded4
 
 EXPLORER_FILE = "explorer.html"
 SHOWN = 8  # contexts per feature and kind embedded in the page
@@ -32,40 +34,6 @@ BAND_CODE = {"survived": 0, "blurred": 1, "damaged": 2}
 FP_STATS = ("firing_rate", "mean_act", "peak_act")
 EXTRA_STATS = ("decoder_norm", "encoder_norm", "encoder_bias", "threshold")
 ASSETS = Path(__file__).resolve().parent
-
-
-def _g(v: Any) -> Any:
-    """A compact JSON number (4 significant digits), None for missing or non-finite."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(f):
-        return None
-    if f == int(f) and abs(f) < 1e9:
-        return int(f)
-    return float(f"{f:.4g}")
-
-
-def _g_list(values: Any) -> list[Any]:
-    """``[_g(v) for v in values]``, formatted in one C-level pass for numeric columns."""
-    import numpy as np
-
-    try:
-        x = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        return [_g(v) for v in values]
-    if x.size == 0:
-        return []
-    fin = np.isfinite(x)
-    safe = np.where(fin, x, 0.0)
-    out = list(map(float, ("%.4g," * x.size % tuple(safe.tolist()))[:-1].split(",")))
-    whole = fin & (safe == np.trunc(safe)) & (np.abs(safe) < 1e9)
-    for i, v in zip(np.flatnonzero(whole).tolist(), safe[whole].tolist()):
-        out[i] = int(v)
-    for i in np.flatnonzero(~fin).tolist():
-        out[i] = None
-    return out
 
 
 def load_contexts(run: Any) -> Any:
@@ -89,175 +57,13 @@ def neuronpedia_ids(summary: dict[str, Any]) -> dict[str, str]:
     return {h: str(s["neuronpedia_id"]) for h, s in saes.items() if isinstance(s, dict) and s.get("neuronpedia_id")}
 
 
-def _stack(column: Any, width: int, fill: Any, dtype: Any, rows: Any = None) -> Any:
-    """A list column (Arrow-backed, or one array per row) as a 2-D array ``[rows, width]``.
-
-    ``rows``: the row indexes to keep (default: all), taken from the flat values, not the lists.
-    """
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-    if isinstance(getattr(column, "dtype", None), pd.ArrowDtype):
-        import pyarrow.compute as pc
-
-        arr = pa.chunked_array(column.array._pa_array).combine_chunks() if len(column) else None
-        if arr is not None and arr.null_count == 0 and (pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type)):
-            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-            if (lengths == width).all():
-                values = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
-                return (values if rows is None else values[rows]).astype(dtype, copy=False)
-        column = column.to_numpy()
-    else:
-        column = column.to_numpy() if hasattr(column, "to_numpy") else column
-    if rows is not None:
-        column = np.asarray(column, dtype=object)[rows]
-    try:
-        out = np.stack(column).astype(dtype) if len(column) else np.full((0, width), fill, dtype=dtype)
-        if out.shape == (len(column), width):
-            return out
-    except (ValueError, TypeError):
-        pass
-    out = np.full((len(column), width), fill, dtype=dtype)
-    for i, v in enumerate(column):
-        if v is not None and len(v):
-            out[i, :len(v)] = v
-    return out
-
-
-def _rounded4(values: Any) -> Any:
-    """4 significant digits, as a float64 array (non-finite values kept)."""
-    import numpy as np
-
-    x = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(x) & (x != 0)
-    mag = np.where(ok, 10.0 ** (3 - np.floor(np.log10(np.abs(np.where(ok, x, 1.0))))), 1.0)
-    return np.where(ok, np.round(x * mag) / mag, x)
-
-
-def _regular_chunks(column: Any, width: int) -> list[tuple[Any, int]] | None:
-    """Per chunk of an Arrow-backed list column: (its flat child values, as Arrow, and its row
-    count), when no list is null and every one holds ``width`` items; else None. Nothing is copied."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-    if not isinstance(getattr(column, "dtype", None), pd.ArrowDtype):
-        return None
-    out = []
-    for chunk in pa.chunked_array(column.array._pa_array).chunks:
-        if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)) or chunk.null_count:
-            return None
-        offsets = chunk.offsets.to_numpy()
-        if len(chunk) and not (np.diff(offsets) == width).all():
-            return None
-        out.append((chunk.values.slice(int(offsets[0]), len(chunk) * width), len(chunk)))
-    return out
-
-
-def _by_chunk(chunks: list[tuple[Any, int]], rows: Any) -> list[tuple[Any, Any]]:
-    """(flat values, the chunk's local row indexes) for the ascending global ``rows``, chunk by chunk."""
-    import numpy as np
-
-    starts = np.cumsum([0] + [n for _, n in chunks])
-    cut = np.searchsorted(rows, starts)
-    return [(values, rows[cut[i]:cut[i + 1]] - starts[i]) for i, (values, _) in enumerate(chunks)
-            if cut[i + 1] > cut[i]]
-
-
-def _take_lists(column: Any, width: int, fill: Any, dtype: Any, rows: Any) -> Any:
-    """``_stack(column, width, fill, dtype, rows)`` for ascending ``rows``, read chunk by chunk from
-    an Arrow list column's flat buffers (no combined copy of the column) when it is regular."""
-    import numpy as np
-
-    chunks = _regular_chunks(column, width)
-    if chunks is None:
-        return _stack(column, width, fill, dtype, rows)
-    parts = [values.to_numpy(zero_copy_only=False).reshape(-1, width)[local].astype(dtype, copy=False)
-             for values, local in _by_chunk(chunks, np.asarray(rows, dtype=np.int64))]
-    return np.concatenate(parts) if parts else np.full((0, width), fill, dtype=dtype)
-
-
-def _list_items(column: Any, width: int, rows: Any, at: Any) -> list[str]:
-    """``str(list(column[rows[i]])[at[i]])`` for each i (ascending ``rows``), from the flat buffers when regular."""
-    import numpy as np
-    import pyarrow as pa
-
-    rows, at = np.asarray(rows, dtype=np.int64), np.asarray(at, dtype=np.int64)
-    chunks = _regular_chunks(column, width) if len(rows) else None
-    if chunks is None:
-        sub = column.iloc[rows] if len(rows) else column.iloc[:0]
-        return [str(list(t)[j]) for t, j in zip(sub.tolist(), at.tolist())]
-    out: list[str] = []
-    done = 0
-    for values, local in _by_chunk(chunks, rows):
-        flat = local * width + at[done:done + len(local)]
-        out.extend(str(v) for v in values.take(pa.array(flat)).to_pylist())
-        done += len(local)
-    return out
-
-
-def _round4(values: Any) -> list[Any]:
-    """4 significant digits, as a list (None for non-finite values)."""
-    return _finite_list(_rounded4(values))
-
-
-def _finite_list(r: Any) -> list[Any]:
-    """The float array ``r`` as a list, None for its non-finite values."""
-    import numpy as np
-
-    out = r.tolist()
-    for i in np.flatnonzero(~np.isfinite(r)).tolist():
-        out[i] = None
-    return out
-
-
-def _json_items(values: list[Any]) -> list[str]:
-    """Each item's JSON text (``json.dumps`` of the list, split: one C-level pass, not one call
-    per item; a float's text is its ``repr``, as JSON writes it). Items must not contain commas."""
-    return json.dumps(values, separators=(",", ":"), allow_nan=False)[1:-1].split(",") if values else []
-
-
-def _json_numbers(values: Any) -> list[str]:
-    """The JSON text of each value at 4 significant digits (``null``: not finite), formatted once
-    per distinct value (rounded activations repeat a lot)."""
-    import numpy as np
-
-    r = _rounded4(values)
-    if r.size == 0:
-        return []
-    # distinct bit patterns, not values: -0.0 keeps its sign, as repr writes it
-    distinct, inverse = np.unique(np.ascontiguousarray(r, dtype=np.float64).view(np.int64), return_inverse=True)
-    return np.asarray(_json_items(_finite_list(distinct.view(np.float64))), dtype=object)[inverse.reshape(-1)].tolist()
-
-
-def _digit_strings(q: Any) -> list[str]:
-    """Per row of the ``[rows, width]`` uint8 digit array ``q``: its digits as a quoted JSON string."""
-    import numpy as np
-
-    n, width = q.shape
-    if n == 0:
-        return []
-    if width == 0:
-        return ['""'] * n
-    framed = np.empty((n, width + 3), dtype=np.uint8)
-    framed[:, 0] = framed[:, width + 1] = ord('"')
-    framed[:, 1:width + 1] = q + ord("0")
-    framed[:, width + 2] = ord(",")
-    return framed.tobytes()[:-1].decode("ascii").split(",")
-
-
 class _Windows:
     """The shown contexts as arrays, one row per (hook, config, feature, kind, rank)."""
 
     def __init__(self, contexts: Any, hooks: list[str], configs: list[str], shown: int):
         import numpy as np
-        import pandas as pd
 
-        def codes(name: str, values: list[str]) -> Any:
-            return _codes(contexts[name], values)
-
-        h_all, c_all = codes("hook", hooks), codes("config", configs)
+        h_all, c_all = _codes(contexts["hook"], hooks), _codes(contexts["config"], configs)
         rank_all = contexts["rank"].to_numpy(np.int64)
         idx = np.flatnonzero((rank_all < shown) & (h_all >= 0) & (c_all >= 0))
         self.h, self.c, self.rank = h_all[idx], c_all[idx], rank_all[idx]
@@ -266,7 +72,7 @@ class _Windows:
             return contexts[name].to_numpy(dtype)[idx]
 
         self.f = col("feature", np.int64)
-        self.kind = (codes("kind", ["fp_top"]) != 0)[idx].astype(np.int64)
+        self.kind = (_codes(contexts["kind"], ["fp_top"]) != 0)[idx].astype(np.int64)
         self.context = col("context", np.int64)
         self.position = col("position", np.int64)
         self.start = col("window_start", np.int64)
@@ -458,72 +264,6 @@ class _Windows:
         for i, c in enumerate(used_ctx.tolist()):
             out[str(c)] = [int(lo[i])] + codes[i, lo[i]:hi[i] + 1].tolist()
         return strings, out
-
-
-def _codes(column: Any, values: list[str]) -> Any:
-    """The column as indexes into ``values`` (-1: not among them), through its few distinct values:
-    an Arrow column by its dictionary encoding, an object column by its runs of one value (a
-    concatenation of per-configuration tables has a few long runs)."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-    index = pd.Index(values)
-    if isinstance(getattr(column, "dtype", None), pd.ArrowDtype):
-        enc = pa.chunked_array(column.array._pa_array).combine_chunks().dictionary_encode()
-        at = np.r_[index.get_indexer([str(v) for v in enc.dictionary.to_pylist()]), -1].astype(np.int64)
-        return at[enc.indices.fill_null(len(at) - 1).to_numpy(zero_copy_only=False).astype(np.int64)]  # null: -1
-    arr = np.asarray(column, dtype=object)
-    try:
-        starts = np.flatnonzero(np.r_[True, arr[1:] != arr[:-1]]) if len(arr) else np.zeros(0, np.int64)
-    except (TypeError, ValueError):  # values that do not compare (pd.NA): every row its own run
-        starts = np.arange(len(arr))
-    seen, distinct = pd.factorize(arr[starts], use_na_sentinel=False)
-    at = index.get_indexer([str(v) for v in distinct]).astype(np.int64)
-    return np.repeat(at[np.asarray(seen, dtype=np.int64)], np.diff(np.r_[starts, len(arr)]))
-
-
-def _row_peak(w: Any, peak: Any = None) -> Any:
-    """Per row of ``w`` ``[rows, width]``: the largest positive value (NaN ignored; 0 if none),
-    at least ``peak`` (a reduce along the short rows is slow: done on cache-sized transposed blocks)."""
-    import numpy as np
-
-    out = np.zeros(w.shape[0], dtype=w.dtype) if peak is None else peak.astype(w.dtype, copy=True)
-    step = 8192  # rows per cache-sized block, reduced along its transposed (contiguous) copy
-    for i in range(0, w.shape[0], step):
-        np.fmax.reduce(np.ascontiguousarray(w[i:i + step].T), axis=0, initial=0.0, out=out[i:i + step])
-        np.fmax(out[i:i + step], 0 if peak is None else peak[i:i + step], out=out[i:i + step])
-    return out
-
-
-def _format_rows(fmt: str, *columns: Any) -> list[str]:
-    """``[fmt % row for row in zip(*columns)]`` in one C-level ``%`` over all rows (the results
-    must not contain NUL, the separator)."""
-    import numpy as np
-
-    m = len(columns[0]) if columns else 0
-    if m == 0:
-        return []
-    k = len(columns)
-    args = np.empty(m * k, dtype=object)
-    for j, col in enumerate(columns):
-        args[j::k] = col.tolist() if isinstance(col, np.ndarray) else col
-    return (((fmt + "\0") * m) % tuple(args.tolist()))[:-1].split("\0")
-
-
-def _joined(fragments: list[str], group: Any, n_groups: int) -> list[str]:
-    """Per group ``0..n_groups-1``: its fragments (``group`` ascending) joined by commas."""
-    import numpy as np
-
-    bounds = np.searchsorted(np.asarray(group), np.arange(n_groups + 1)).tolist()
-    return [",".join(fragments[bounds[g]:bounds[g + 1]]) for g in range(n_groups)]
-
-
-def _present(group: Any, n_groups: int) -> list[bool]:
-    """Per group: whether any row belongs to it."""
-    import numpy as np
-
-    return (np.bincount(np.asarray(group, dtype=np.int64), minlength=n_groups) > 0).tolist()
 
 
 def _feature_rows(features: Any, hooks: list[str], configs: list[str]) -> list[dict[str, Any]]:

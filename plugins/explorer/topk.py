@@ -141,15 +141,15 @@ class StreamingTopK:
         import numpy as np
 
         dk = self.d * self.k
+        room = max(dk // 4, 1)
         if self._used + n > self._capacity():
             self._compact()
         if self._used + n > self._capacity():  # more entering at once than the room left: grow
-            size = self._used + n + max(dk // 4, 1)
-            self._pool = {name: _grown(pool[:self._used], size) for name, pool in self._pool.items()}
+            self._pool = {name: _grown(pool[:self._used], self._used + n + room) for name, pool in self._pool.items()}
         start = self._used
         for name, value in fresh.items():
             if name not in self._pool:
-                size = max(self._capacity(), dk + max(dk // 4, 1), start + n)
+                size = max(self._capacity(), dk + room, start + n)
                 self._pool[name] = np.empty((size, value.shape[1]), dtype=value.dtype)
             self._pool[name][start:start + n] = value
         self._used = start + n
@@ -178,11 +178,10 @@ class StreamingTopK:
         """Each payload as ``[d, k, P]`` (NaN or -1 in empty slots)."""
         import numpy as np
 
+        has = self.slots >= 0
         out = {}
         for name, pool in self._pool.items():
-            fill = np.nan if np.issubdtype(pool.dtype, np.floating) else -1
-            store = np.full((self.d, self.k, pool.shape[1]), fill, dtype=pool.dtype)
-            has = self.slots >= 0
+            store = np.full((self.d, self.k, pool.shape[1]), np.nan if pool.dtype.kind == "f" else -1, dtype=pool.dtype)
             store[has] = pool[self.slots[has]]
             out[name] = store
         return out
