@@ -44,7 +44,7 @@ class FeatureStats:
         self.n += int(f.shape[0])
         if _is_csr(f):
             vals = f.values().to(self.fires.device, torch.float64)
-            cols = f.col_indices().to(self.fires.device)
+            cols = f.col_indices().to(self.fires.device, torch.long)  # scatter_reduce_ takes int64 only
             self.fires.index_add_(0, cols, (vals > 0).to(torch.float64))
             self.total.index_add_(0, cols, vals)
             self.peak.scatter_reduce_(0, cols, vals, reduce="amax", include_self=True)

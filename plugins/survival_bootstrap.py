@@ -37,25 +37,36 @@ def resample_weights(idx: np.ndarray) -> np.ndarray:
     return np.bincount(flat, minlength=rows * n_blocks).reshape(rows, n_blocks).astype(np.float64)
 
 
-def _pooling_terms(n: np.ndarray, m: Any) -> tuple[Any, Any, Any]:
+def _shifts(n: np.ndarray, means: Any) -> tuple[Any, Any]:
+    """The all-block means of x and y (``means [B, 2, d']``: the blocks' MEAN_X and MEAN_Y)."""
+    import torch
+
+    nf = torch.as_tensor(n, dtype=torch.float64).to(means.device)
+    total = float(n.sum())
+    return (nf @ means[:, 0]) / total, (nf @ means[:, 1]) / total
+
+
+def _pooling_terms(n: np.ndarray, m: Any, shift_x: Any, shift_y: Any) -> Any:
     """Per-block terms ``P [B, 5, d']`` whose weighted sums give every resample's moments.
 
-    Means are taken around the all-block mean ``shift`` (which keeps the sums of squares free of
-    cancellation): with ``a_b = mean_b - shift``, a resample with block weights ``w`` has
-    ``S0 = sum w n a_x``, ``S2 = sum w (M2x_b + n a_x^2)``, ``S4 = sum w (Cxy_b + n a_x a_y)`` (and
-    likewise for y), so ``mean = shift + S0/N``, ``M2x = S2 - S0^2/N``, ``Cxy = S4 - S0 S1/N``.
+    Means are taken around the all-block mean ``shift`` (:func:`_shifts`, which keeps the sums of
+    squares free of cancellation): with ``a_b = mean_b - shift``, a resample with block weights
+    ``w`` has ``S0 = sum w n a_x``, ``S2 = sum w (M2x_b + n a_x^2)``, ``S4 = sum w (Cxy_b + n a_x
+    a_y)`` (and likewise for y), so ``mean = shift + S0/N``, ``M2x = S2 - S0^2/N``, ``Cxy = S4 -
+    S0 S1/N``. ``m`` and the shifts may be any slice of the features' columns.
     """
     import torch
 
     nf = torch.as_tensor(n, dtype=torch.float64).to(m.device)
-    total = float(n.sum())
-    shift_x = (nf @ m[:, MEAN_X]) / total
-    shift_y = (nf @ m[:, MEAN_Y]) / total
     ax, ay = m[:, MEAN_X] - shift_x, m[:, MEAN_Y] - shift_y
     nax, nay = ax * nf[:, None], ay * nf[:, None]
-    p = torch.stack([nax, nay, torch.addcmul(m[:, M2X], nax, ax), torch.addcmul(m[:, M2Y], nay, ay),
-                     torch.addcmul(m[:, CXY], nax, ay)], dim=1)
-    return p, shift_x, shift_y
+    return torch.stack([nax, nay, torch.addcmul(m[:, M2X], nax, ax), torch.addcmul(m[:, M2Y], nay, ay),
+                        torch.addcmul(m[:, CXY], nax, ay)], dim=1)
+
+
+#: Elements of one slice of the pooling terms ``[B, 5, w]`` built at a time (32 MiB of float64):
+#: the bootstrap's memory stays bounded by this, not by blocks x active features.
+POOL_SLICE_ELEMENTS = 1 << 22
 
 
 def _count_bands(s: Any, shift_x: Any, shift_y: Any, survived_above: float, damaged_below: float,
@@ -148,29 +159,37 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
     if note:
         return _no_interval(out, note)
 
-    n, m = moments.blocks(active)
-    dev, d_act = m.device, m.shape[2]
-    p, shift_x, shift_y = _pooling_terms(n, m)
-    del m
+    cols = np.flatnonzero(active)
+    n, means = moments.blocks(cols, planes=(MEAN_X, MEAN_Y))
+    dev, d_act = means.device, means.shape[2]
+    shift_x, shift_y = _shifts(n, means)
+    del means
     weights = torch.from_numpy(resample_weights(resample_indices(n_blocks, n_resamples, seed))).to(dev)
     weights /= weights @ torch.as_tensor(n, dtype=torch.float64).to(dev)[:, None]  # sums over N
     chunk = chunk_elements or _default_chunk(dev)
     rows = min(n_resamples, max(1, chunk))
     width = max(1, min(d_act, chunk // rows))
+    span = width * max(1, POOL_SLICE_ELEMENTS // (5 * n_blocks * width))  # columns per slice of the terms
     surv = torch.zeros(n_resamples, dtype=torch.long, device=dev)
     dam = torch.zeros_like(surv)
     absent = torch.zeros_like(surv)
     buf = torch.empty((rows, width), dtype=torch.float64, device=dev)
-    for j in range(0, d_act, width):
-        pj = p[:, :, j:j + width].reshape(n_blocks, -1)
-        w = pj.shape[1] // 5
-        for i in range(0, n_resamples, rows):
-            s = (weights[i:i + rows] @ pj).view(-1, 5, w)
-            cs, cd, cc = _count_bands(s, shift_x[j:j + w], shift_y[j:j + w], survived_above, damaged_below,
-                                      buf[:s.shape[0], :w])
-            surv[i:i + rows] += cs
-            dam[i:i + rows] += cd
-            absent[i:i + rows] += cc
+    for a in range(0, d_act, span):
+        _, m = moments.blocks(cols[a:a + span])
+        p = _pooling_terms(n, m, shift_x[a:a + span], shift_y[a:a + span])
+        del m
+        for j in range(0, p.shape[2], width):
+            pj = p[:, :, j:j + width].reshape(n_blocks, -1)
+            w = pj.shape[1] // 5
+            lo = a + j
+            for i in range(0, n_resamples, rows):
+                s = (weights[i:i + rows] @ pj).view(-1, 5, w)
+                cs, cd, cc = _count_bands(s, shift_x[lo:lo + w], shift_y[lo:lo + w], survived_above,
+                                          damaged_below, buf[:s.shape[0], :w])
+                surv[i:i + rows] += cs
+                dam[i:i + rows] += cd
+                absent[i:i + rows] += cc
+        del p
     surv_n, dam_n = surv.cpu().numpy(), dam.cpu().numpy()
     present = d_act - absent.cpu().numpy()  # the active features that have an r in each resample
     keep = present > 0

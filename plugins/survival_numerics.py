@@ -314,23 +314,32 @@ class SurvivalMoments:
             i += 1
 
     def _pair_merge(self) -> None:
+        """Merge neighbouring blocks pairwise, a few pairs at a time (no stacked copy of all blocks)."""
         import torch
 
         k = len(self._moments) // 2
-        stacked = torch.stack(self._moments[:2 * k])
-        n = np.asarray(self._counts[:2 * k])
-        n_m, merged = merge(n[0::2], stacked[0::2], n[1::2], stacked[1::2])
-        counts, moments = list(n_m), list(merged.unbind(0))
+        counts, moments = [], []
+        step = 16  # pairs per merge: [32, 5, d] staged at once, old blocks released as they merge
+        for s in range(0, k, step):
+            e = min(k, s + step)
+            stacked = torch.stack(self._moments[2 * s:2 * e])
+            n = np.asarray(self._counts[2 * s:2 * e])
+            self._moments[2 * s:2 * e] = [None] * (2 * (e - s))
+            n_m, merged = merge(n[0::2], stacked[0::2], n[1::2], stacked[1::2])
+            del stacked
+            counts.extend(n_m)
+            moments.extend(merged.unbind(0))
         if len(self._moments) % 2:
             counts.append(self._counts[-1])
             moments.append(self._moments[-1])
         self._counts, self._moments = counts, moments
         self.contexts_per_block *= 2
 
-    def blocks(self, columns: Any = None) -> tuple[np.ndarray, Any]:
+    def blocks(self, columns: Any = None, planes: Sequence[int] | None = None) -> tuple[np.ndarray, Any]:
         """``(n [B], moments [B, 5, d'])`` of every block, a trailing partial block included.
 
-        ``columns`` (a boolean mask or index array over the d features) keeps only those columns.
+        ``columns`` (a boolean mask or index array over the d features) keeps only those columns;
+        ``planes`` (indices of the five moments, e.g. ``(MEAN_X, MEAN_Y)``) only those moments.
         """
         import torch
 
@@ -343,9 +352,13 @@ class SurvivalMoments:
         if columns is not None:
             cols = torch.as_tensor(np.flatnonzero(np.asarray(columns)) if np.asarray(columns).dtype == bool
                                    else np.asarray(columns), dtype=torch.long).to(dev)
+        rows = None if planes is None else torch.as_tensor(list(planes), dtype=torch.long).to(dev)
         if not moments:
             width = self.d if cols is None else int(cols.numel())
-            return np.zeros(0, dtype=np.int64), torch.zeros((0, 5, width), dtype=torch.float64)
+            return np.zeros(0, dtype=np.int64), torch.zeros((0, 5 if rows is None else len(rows), width),
+                                                            dtype=torch.float64)
+        if rows is not None:
+            moments = [b.index_select(0, rows) for b in moments]
         if cols is not None:
             moments = [b.index_select(-1, cols) for b in moments]
         return np.asarray(counts, dtype=np.int64), torch.stack(moments)

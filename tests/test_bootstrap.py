@@ -186,6 +186,35 @@ def test_pair_merge_when_full_keeps_totals():
     np.testing.assert_allclose(bm2.blocks()[1].numpy(), m.numpy(), rtol=1e-12, atol=1e-12)
 
 
+def test_pair_merge_in_slices_equals_one_merge_of_all_blocks():
+    """The blocks are merged a few pairs at a time (memory); the result is the one stacked merge's."""
+    rng = np.random.default_rng(4)
+    d, max_blocks = 6, 40  # 40 blocks, 20 pairs: merged in slices of 16 and 4 pairs when the 41st context comes
+    xs = [rng.normal(size=(3 + i % 5, d)) for i in range(max_blocks + 1)]
+    ys = [x + rng.normal(size=x.shape) for x in xs]
+    full = _moments(xs[:max_blocks], ys[:max_blocks], max_blocks=max_blocks)
+    n_before, m_before = full.blocks()
+    full.update(torch.as_tensor(xs[-1]), torch.as_tensor(ys[-1]), [xs[-1].shape[0]])
+    n_want, m_want = merge(n_before[0::2].astype(float), m_before[0::2], n_before[1::2].astype(float), m_before[1::2])
+    n_got, m_got = full.blocks()
+    assert full.contexts_per_block == 2 and n_got[:-1].tolist() == n_want.tolist()
+    assert torch.equal(m_got[:-1], m_want)  # bit for bit
+
+
+@pytest.mark.parametrize("slice_elements", [1, 5 * 9 * 3, 1 << 22])  # one column, 3 columns, all at once
+def test_bootstrap_in_slices_of_the_pooling_terms_gives_the_same_intervals(monkeypatch, slice_elements):
+    from featsurv_plugins import survival_bootstrap
+
+    xs, ys = _make_blocks(seed=6, d=23, n_blocks=9)
+    bm = _moments(xs, ys)
+    active = np.ones(23, dtype=bool)
+    active[[5, 11]] = False
+    want = bootstrap_band_ci(bm, active, n_resamples=80, seed=2, chunk_elements=80 * 2)
+    monkeypatch.setattr(survival_bootstrap, "POOL_SLICE_ELEMENTS", slice_elements)
+    got = bootstrap_band_ci(bm, active, n_resamples=80, seed=2, chunk_elements=80 * 2)
+    assert got == want
+
+
 def test_degenerate_cases():
     bm = SurvivalMoments(3)
     bm.update(torch.ones(4, 3), torch.ones(4, 3), [4])

@@ -276,6 +276,26 @@ def test_feature_stats_from_csr_equal_dense():
     assert s_out["peak_act"][4] == 0.0 and s_out["firing_rate"][3] == 0.0
 
 
+def test_the_fp_cache_is_csr_with_int32_indices_and_gives_back_the_features():
+    from featsurv.fp_pass import sparse
+
+    rng = np.random.default_rng(9)
+    f = np.maximum(rng.normal(-1.5, 1.0, size=(200, 70)), 0).astype(np.float32)
+    f[7] = 0.0  # an empty row
+    csr = sparse(torch.tensor(f))
+    assert csr.layout == torch.sparse_csr
+    assert csr.crow_indices().dtype == csr.col_indices().dtype == torch.int32
+    assert csr.values().numel() == int((f != 0).sum())
+    np.testing.assert_array_equal(csr.to_dense().numpy(), f)
+    w = torch.tensor(rng.normal(size=(70, 5)).astype(np.float32))
+    torch.testing.assert_close(csr @ w, torch.tensor(f) @ w, rtol=1e-5, atol=1e-5)
+    dense, from_cache = FeatureStats(70), FeatureStats(70)
+    dense.update(torch.tensor(f))
+    from_cache.update(csr)
+    for key, want in dense.result().items():
+        np.testing.assert_allclose(from_cache.result()[key], want, rtol=1e-12, atol=1e-15, err_msg=key)
+
+
 def test_explained_variance_with_a_large_offset():
     rng = np.random.default_rng(8)
     x = 1e4 + rng.normal(size=(500, 3))
