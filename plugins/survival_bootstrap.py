@@ -37,16 +37,13 @@ def resample_weights(idx: np.ndarray) -> np.ndarray:
     return np.bincount(flat, minlength=rows * n_blocks).reshape(rows, n_blocks).astype(np.float64)
 
 
-def _shifts(n: np.ndarray, means: Any) -> tuple[Any, Any]:
-    """The all-block means of x and y (``means [B, 2, d']``: the blocks' MEAN_X and MEAN_Y)."""
-    import torch
-
-    nf = torch.as_tensor(n, dtype=torch.float64).to(means.device)
-    total = float(n.sum())
+def _shifts(nf: Any, total: float, means: Any) -> tuple[Any, Any]:
+    """The all-block means of x and y (``nf [B]`` block token counts as float64 on the device,
+    ``means [B, 2, d']`` the blocks' MEAN_X and MEAN_Y)."""
     return (nf @ means[:, 0]) / total, (nf @ means[:, 1]) / total
 
 
-def _pooling_terms(n: np.ndarray, m: Any, shift_x: Any, shift_y: Any) -> Any:
+def _pooling_terms(nf: Any, m: Any, shift_x: Any, shift_y: Any) -> Any:
     """Per-block terms ``P [B, 5, d']`` whose weighted sums give every resample's moments.
 
     Means are taken around the all-block mean ``shift`` (:func:`_shifts`, which keeps the sums of
@@ -57,7 +54,6 @@ def _pooling_terms(n: np.ndarray, m: Any, shift_x: Any, shift_y: Any) -> Any:
     """
     import torch
 
-    nf = torch.as_tensor(n, dtype=torch.float64).to(m.device)
     ax, ay = m[:, MEAN_X] - shift_x, m[:, MEAN_Y] - shift_y
     nax, nay = ax * nf[:, None], ay * nf[:, None]
     return torch.stack([nax, nay, torch.addcmul(m[:, M2X], nax, ax), torch.addcmul(m[:, M2Y], nay, ay),
@@ -162,10 +158,11 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
     cols = np.flatnonzero(active)
     n, means = moments.blocks(cols, planes=(MEAN_X, MEAN_Y))
     dev, d_act = means.device, means.shape[2]
-    shift_x, shift_y = _shifts(n, means)
+    nf = torch.as_tensor(n, dtype=torch.float64).to(dev)
+    shift_x, shift_y = _shifts(nf, float(n.sum()), means)
     del means
     weights = torch.from_numpy(resample_weights(resample_indices(n_blocks, n_resamples, seed))).to(dev)
-    weights /= weights @ torch.as_tensor(n, dtype=torch.float64).to(dev)[:, None]  # sums over N
+    weights /= weights @ nf[:, None]  # sums over N
     chunk = chunk_elements or _default_chunk(dev)
     rows = min(n_resamples, max(1, chunk))
     width = max(1, min(d_act, chunk // rows))
@@ -176,7 +173,7 @@ def bootstrap_band_ci(moments: SurvivalMoments, active: Any, survived_above: flo
     buf = torch.empty((rows, width), dtype=torch.float64, device=dev)
     for a in range(0, d_act, span):
         _, m = moments.blocks(cols[a:a + span])
-        p = _pooling_terms(n, m, shift_x[a:a + span], shift_y[a:a + span])
+        p = _pooling_terms(nf, m, shift_x[a:a + span], shift_y[a:a + span])
         del m
         for j in range(0, p.shape[2], width):
             pj = p[:, :, j:j + width].reshape(n_blocks, -1)

@@ -357,10 +357,10 @@ class SurvivalMoments:
             width = self.d if cols is None else int(cols.numel())
             return np.zeros(0, dtype=np.int64), torch.zeros((0, 5 if rows is None else len(rows), width),
                                                             dtype=torch.float64)
-        if rows is not None:
-            moments = [b.index_select(0, rows) for b in moments]
         if cols is not None:
             moments = [b.index_select(-1, cols) for b in moments]
+        if rows is not None:
+            moments = [b.index_select(0, rows) for b in moments]
         return np.asarray(counts, dtype=np.int64), torch.stack(moments)
 
     @property
