@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import Compressor, FeatureResult
+from .heap import release_freed_memory
 from .metric_set import MetricSet
 from .passes import run_pass
 from .workbench import Workbench
@@ -135,6 +136,8 @@ def run_configuration(bench: Workbench, metrics: MetricSet, compressor: Compress
         model_metrics = {name: acc.result() for name, acc in model_accs.items()}
         model_metrics.update(metrics.collect("evaluate", bench.loaded, tokens))
     results = feed.results() if feed else {}
+    feed = None  # the accumulators (per-context moments, top-k pools) go before the heap is trimmed
+    release_freed_memory()
     outcome = Outcome(compressor.name, dict(params), label, model_metrics, results)
     outcome.target = metrics.match_value(model_metrics)
     outcome.seconds = round(time.perf_counter() - t0, 3)

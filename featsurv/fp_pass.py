@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import FeatsurvError
 from .fit_check import NeighbourFit, check_fit
+from .heap import release_freed_memory
 from .metric_set import MetricSet
 from .passes import run_pass
 from .stats import ExplainedVariance, FeatureStats, SparseDecode
@@ -39,8 +40,36 @@ def sparse(f: Any) -> Any:
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         t = f.detach().float().to_sparse_csr()
         if t.values().numel() < 2 ** 31 and t.shape[-1] < 2 ** 31:
-            t = torch.sparse_csr_tensor(t.crow_indices().int(), t.col_indices().int(), t.values(), t.shape)
+            t = torch.sparse_csr_tensor(t.crow_indices().int(), t.col_indices().int(), t.values(), t.shape,
+                                        check_invariants=False)
         return t
+
+
+def pack(batches: list[Any]) -> list[Any]:
+    """The same CSR batches as views into one buffer per part (row offsets, columns, values).
+
+    Each batch's CSR was allocated between the pass's temporaries, which pins the heap around it;
+    packed, the heap's freed pages can be handed back (:func:`featsurv.heap.release_freed_memory`)
+    and the cache is one allocation. Values and indices are unchanged.
+    """
+    import warnings
+
+    import torch
+
+    if len(batches) < 2:
+        return list(batches)
+    parts = [(b.crow_indices(), b.col_indices(), b.values()) for b in batches]
+    crow, col, val = (torch.cat([p[i] for p in parts]) for i in range(3))
+    out, at = [], [0, 0, 0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        for b, p in zip(batches, parts):
+            views = []
+            for i, (whole, piece) in enumerate(zip((crow, col, val), p)):
+                views.append(whole[at[i]:at[i] + piece.numel()])
+                at[i] += piece.numel()
+            out.append(torch.sparse_csr_tensor(*views, b.shape, check_invariants=False))
+    return out
 
 
 class FPCollector:
@@ -74,6 +103,7 @@ class FPCollector:
                 "nothing measured against them would mean anything",
                 hint="Check the model's weights (a NaN or inf in them), or load it in float32 (--dtype float32)")
         for hook, state in self.bench.hooks.items():
+            state.fp_batches[:] = pack(state.fp_batches)
             state.fp_stats = self.stats[hook].result()
             state.explained_variance = self.ev[hook].result()
             state.fp_results = {name: acc.result() for name, acc in self.accs[hook].items()}
@@ -90,6 +120,7 @@ def fp_pass(bench: Workbench, metrics: MetricSet) -> dict[str, Any]:
     run_pass(bench, tokens, list(bench.hooks), model_accs, collector.consume, "FP pass",
              extra_hooks=fit.extra_hooks, on_acts=fit.on_acts)
     collector.finish()
+    release_freed_memory()  # the pass's temporaries, no longer pinned by the cache (see pack)
     model_metrics = {name: acc.result() for name, acc in model_accs.items()}
     model_metrics.update(metrics.collect("evaluate", bench.loaded, tokens))
     bench.timed("fp_pass", t0)

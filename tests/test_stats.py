@@ -296,6 +296,50 @@ def test_the_fp_cache_is_csr_with_int32_indices_and_gives_back_the_features():
         np.testing.assert_allclose(from_cache.result()[key], want, rtol=1e-12, atol=1e-15, err_msg=key)
 
 
+def test_the_packed_fp_cache_is_views_into_one_buffer_with_the_same_features():
+    from featsurv.fp_pass import pack, sparse
+
+    rng = np.random.default_rng(10)
+    dense = [np.maximum(rng.normal(-1.5, 1.0, size=(n, 70)), 0).astype(np.float32) for n in (33, 1, 64, 20)]
+    dense[1][:] = 0.0  # a batch with nothing stored
+    batches = [sparse(torch.tensor(f)) for f in dense]
+    packed = pack(batches)
+    assert len(packed) == len(batches)
+    for i, (f, p, b) in enumerate(zip(dense, packed, batches)):
+        assert p.layout == torch.sparse_csr and p.shape == b.shape
+        for part in ("crow_indices", "col_indices", "values"):
+            got, want = getattr(p, part)(), getattr(b, part)()
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        np.testing.assert_array_equal(p.to_dense().numpy(), f, err_msg=f"batch {i}")
+    # one storage per part: the values of every batch live in the first batch's buffer
+    assert len({p.values().untyped_storage().data_ptr() for p in packed}) == 1
+    assert len({p.col_indices().untyped_storage().data_ptr() for p in packed}) == 1
+    assert pack(batches[:1])[0] is batches[0] and pack([]) == []
+
+
+def test_release_freed_memory_trims_with_glibc_and_is_a_no_op_without(monkeypatch):
+    import ctypes
+    import platform
+
+    from featsurv import heap
+
+    monkeypatch.setattr(heap, "_LOOKED", False)
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert heap.release_freed_memory() is expected
+    calls = []
+    monkeypatch.setattr(heap, "_TRIM", calls.append)
+    monkeypatch.setattr(heap, "_LOOKED", True)
+    assert heap.release_freed_memory() is True and calls == [0]
+
+    def no_libc(name):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(heap, "_LOOKED", False)
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert heap.release_freed_memory() is False
+
+
 def test_explained_variance_with_a_large_offset():
     rng = np.random.default_rng(8)
     x = 1e4 + rng.normal(size=(500, 3))
