@@ -22,11 +22,11 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32768)
     args = parser.parse_args()
 
-    from featsurv.audit import AuditOptions, AuditSession
+    from featsurv.audit import AuditSession, make_options
     from featsurv.presets import get_preset
 
     preset = get_preset(args.preset)
-    opts = AuditOptions(**{**preset.options, "n_tokens": args.tokens, "bootstrap": 0})
+    opts = make_options(**{**preset.options, "n_tokens": args.tokens, "bootstrap": 0})
     session = AuditSession(opts)
     t0 = time.perf_counter()
     session.prepare()
@@ -35,8 +35,8 @@ def main() -> int:
     session.run("rtn", {"bits": 6, "symmetric": True, "granularity": "channel"})
     t_cfg = time.perf_counter() - t1
     n = session.tokens.n_contexts * session.tokens.context
-    cache = sum(b.values().numel() * 4 + b.col_indices().numel() * 8 + b.crow_indices().numel() * 8
-                for s in session.hooks.values() for b in s.fp_batches)
+    cache = sum(p.numel() * p.element_size() for s in session.hooks.values() for b in s.fp_batches
+                for p in (b.values(), b.col_indices(), b.crow_indices()))
     dense = sum(session.tokens.n_tokens * s.sae.d_sae * 4 for s in session.hooks.values())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out = {
