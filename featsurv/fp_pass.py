@@ -27,6 +27,17 @@ class FPView:
     hooks: dict[str, Any]
 
 
+def _csr(crow: Any, col: Any, values: Any, shape: Any) -> Any:
+    """A CSR tensor from its parts, without torch's beta-support warning or invariant checks."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
 def sparse(f: Any) -> Any:
     """FP features of one batch, kept as a CSR matrix (they are mostly zeros).
 
@@ -34,15 +45,12 @@ def sparse(f: Any) -> Any:
     ``@`` accept them and give the same values)."""
     import warnings
 
-    import torch
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         t = f.detach().float().to_sparse_csr()
-        if t.values().numel() < 2 ** 31 and t.shape[-1] < 2 ** 31:
-            t = torch.sparse_csr_tensor(t.crow_indices().int(), t.col_indices().int(), t.values(), t.shape,
-                                        check_invariants=False)
-        return t
+    if t.values().numel() < 2 ** 31 and t.shape[-1] < 2 ** 31:
+        t = _csr(t.crow_indices().int(), t.col_indices().int(), t.values(), t.shape)
+    return t
 
 
 def pack(batches: list[Any]) -> list[Any]:
@@ -52,24 +60,15 @@ def pack(batches: list[Any]) -> list[Any]:
     packed, the heap's freed pages can be handed back (:func:`featsurv.heap.release_freed_memory`)
     and the cache is one allocation. Values and indices are unchanged.
     """
-    import warnings
-
     import torch
 
     if len(batches) < 2:
         return list(batches)
-    parts = [(b.crow_indices(), b.col_indices(), b.values()) for b in batches]
-    crow, col, val = (torch.cat([p[i] for p in parts]) for i in range(3))
-    out, at = [], [0, 0, 0]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        for b, p in zip(batches, parts):
-            views = []
-            for i, (whole, piece) in enumerate(zip((crow, col, val), p)):
-                views.append(whole[at[i]:at[i] + piece.numel()])
-                at[i] += piece.numel()
-            out.append(torch.sparse_csr_tensor(*views, b.shape, check_invariants=False))
-    return out
+    parts = []
+    for get in (lambda b: b.crow_indices(), lambda b: b.col_indices(), lambda b: b.values()):
+        pieces = [get(b) for b in batches]
+        parts.append(torch.cat(pieces).split([p.numel() for p in pieces]))  # views into one buffer
+    return [_csr(crow, col, val, b.shape) for b, crow, col, val in zip(batches, *parts)]
 
 
 class FPCollector:
