@@ -36,7 +36,7 @@ class WindowNLL(ModelAccumulator):
         # position t predicts token t + 1; each context's last position has no target (-100).
         b, c, v = logits.shape
         target = F.pad(input_ids[:, 1:], (0, 1), value=-100).reshape(-1)
-        loss = F.cross_entropy(logits.reshape(b * c, v).float(), target, ignore_index=-100, reduction="sum")
+        loss = summed_cross_entropy(logits.reshape(b * c, v), target)
         self._add(loss.detach().double(), b * (c - 1))  # no per-batch host synchronisation
 
     def _update_in_logits_dtype(self, logits, input_ids) -> None:
@@ -63,6 +63,29 @@ class WindowNLL(ModelAccumulator):
         else:
             nll = float(self.nll) / max(self.count, 1)
         return {"perplexity": math.exp(nll) if self.count else float("nan"), "nll": nll, "n_predicted": self.count}
+
+
+#: bytes of float32 log-probabilities computed at once by :func:`summed_cross_entropy`
+CHUNK_BYTES = 2 << 20
+
+
+def summed_cross_entropy(logits: Any, target: Any, chunk_bytes: int = CHUNK_BYTES) -> Any:
+    """``F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum")``, bit for bit,
+    without its ``[rows, vocab]`` float32 log-softmax: the log-probabilities are computed a few
+    rows at a time (``chunk_bytes`` each; each row's log-softmax does not depend on the others)
+    and only each row's target entry is kept; the sum is then ``nll_loss``'s own, over the same
+    values in the same order. A whole batch's log-softmax (200 MiB for 1024 tokens of a
+    50k vocabulary) would be a fresh allocation whose pages the kernel zeroes, every batch."""
+    import torch
+    import torch.nn.functional as F
+
+    rows, vocab = logits.shape
+    step = max(1, chunk_bytes // (4 * max(vocab, 1)))
+    picked = torch.empty(rows, 1, dtype=torch.float32, device=logits.device)
+    safe = target.clamp(min=0)[:, None]  # ignored rows gather column 0; nll_loss skips them
+    for i in range(0, rows, step):
+        torch.gather(F.log_softmax(logits[i:i + step].float(), dim=-1), 1, safe[i:i + step], out=picked[i:i + step])
+    return F.nll_loss(picked, torch.where(target == -100, target, 0), ignore_index=-100, reduction="sum")
 
 
 def sliding_perplexity(model: Any, stream: Any, window: int, stride: int, bos_id: int | None = None,

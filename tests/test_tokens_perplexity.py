@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
-from featsurv_plugins.metric_perplexity import WindowNLL, sliding_perplexity
+from featsurv_plugins.metric_perplexity import WindowNLL, sliding_perplexity, summed_cross_entropy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from featsurv.cli import cli
@@ -84,6 +84,24 @@ def test_window_nll_scores_in_place_like_a_hand_log_softmax():
     assert res["nll"] == pytest.approx(total / count, rel=1e-6)
     assert batch.result()["nll"] == pytest.approx(sum(per_batch) / 2, rel=1e-6)
     assert math.isnan(WindowNLL().result()["perplexity"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 64, 1000])
+def test_summed_cross_entropy_is_torch_cross_entropy_bit_for_bit(dtype, chunk_rows):
+    """Row chunks of any size (one row, uneven, one chunk for all) give exactly torch's summed
+    cross-entropy of the float32 logits, with ignored rows anywhere (first, inside, last)."""
+    gen = torch.Generator().manual_seed(chunk_rows)
+    rows, vocab = 64, 1000
+    logits = (torch.randn(rows, vocab, generator=gen) * 4).to(dtype)
+    target = torch.randint(0, vocab, (rows,), generator=gen)
+    target[[0, 5, 6, 31, 63]] = -100
+    want = torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum")
+    got = summed_cross_entropy(logits, target, chunk_bytes=chunk_rows * 4 * vocab)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    # and against an independent float64 hand computation
+    hand = -torch.log_softmax(logits.double(), -1)[target >= 0].gather(1, target[target >= 0, None]).sum()
+    assert got.item() == pytest.approx(hand.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("averaging", ["batch", "token"])

@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> Any:
     # more on transparent huge pages, so each batch's [tokens, d_sae] tensors fault in 512x fewer
     # pages (docs/reliability.md, "Limits"); THP_MEM_ALLOC_ENABLE=0 keeps the 4 KiB pages
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    as_command = argv is None  # the console script: this process ends with the command
+    if as_command:
+        from ..collector import tune_for_command
+
+        tune_for_command()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return cli.main(args=argv, prog_name="featsurv")
@@ -115,3 +120,8 @@ def main(argv: list[str] | None = None) -> Any:
 
         click.echo(describe_crash(exc), err=True)
         sys.exit(1)
+    finally:
+        if as_command:
+            from ..collector import freeze_before_exit
+
+            freeze_before_exit()
