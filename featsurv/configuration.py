@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import Compressor, FeatureResult
+from .dense_fp import DenseFP
 from .heap import release_freed_memory
 from .metric_set import MetricSet
 from .passes import run_pass
@@ -107,10 +108,11 @@ class FeatureFeed:
     def __init__(self, bench: Workbench, metrics: MetricSet):
         self.bench = bench
         self.accs = {h: metrics.feature_accumulators(s.sae.d_sae, s.fp_results) for h, s in bench.hooks.items()}
+        self.dense = {h: DenseFP() for h in bench.hooks}
 
     def consume(self, hook: str, x: Any, f: Any, batch: Any) -> None:
         state = self.bench.hooks[hook]
-        fp = state.fp_batches[batch.index].to(f.device).to_dense()
+        fp = self.dense[hook].dense(state.fp_batches[batch.index], f.device)
         f = f.detach().float()
         for acc in self.accs[hook].values():
             acc.update(fp, f, batch)
