@@ -1,6 +1,6 @@
 """featsurv's audit against the bare limit and the reference study's loop, on one machine.
 
-    .venv/bin/python benchmarks/bench_limit.py [--reps 3] [--work DIR] [--device cpu] [--quick]
+    .venv/bin/python benchmarks/bench_limit.py [--reps 3] [--work DIR] [--device cpu] [--dtype float32] [--quick]
         [--parts interleaved,startup,memory,widths,compare] [--json FILE]
 
 Builds its own workload (benchmarks/limit_workload.py: a Pythia-70M-shaped random GPT-NeoX,
@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,9 @@ sys.path.insert(0, str(HERE))
 import limit_workload as W  # noqa: E402
 
 PY = sys.executable
-FEATSURV = str(Path(PY).with_name("featsurv"))
+# the featsurv command beside this Python (a venv), else the one on PATH (an install with --target)
+FEATSURV = str(Path(PY).with_name("featsurv")) if Path(PY).with_name("featsurv").exists() else (
+    shutil.which("featsurv") or "featsurv")
 BITS = "8,6,5,4,3"
 
 
@@ -97,7 +100,7 @@ def audit_cmd(work: Path, out: Path, *, tokens: int = 4096, width: int = 16384, 
     head = [FEATSURV, "audit", "rtn", "-p", f"bits={bits}"] if command == "audit" else [FEATSURV, "compare", "rtn", "magnitude"]
     return head + ["--model", str(work / "model"), "--sae", str(work / f"sae-{width}"), "--dataset",
                    str(work / "corpus.txt"), "--tokens", str(tokens), "--min-explained-variance", "0",
-                   "--device", device, "--out", str(out)] + list(extra) + (["-q"] if quiet else [])
+                   "--device", device, "--dtype", DTYPE, "--out", str(out)] + list(extra) + (["-q"] if quiet else [])
 
 
 VARIANT: tuple[str, ...] = ()  # --variant: extra audit options of a fourth, informative program
@@ -106,10 +109,11 @@ VARIANT: tuple[str, ...] = ()  # --variant: extra audit options of a fourth, inf
 def role_cmd(role: str, work: Path, *, tokens: int = 4096, width: int = 16384, bits: str = BITS,
              device: str = "cpu") -> list[str]:
     return [PY, str(HERE / "limit_roles.py"), role, str(work), "--tokens", str(tokens), "--width", str(width),
-            "--bits", bits, "--device", device]
+            "--bits", bits, "--device", device, "--dtype", DTYPE]
 
 
 TOKENS = 4096
+DTYPE = "float32"  # --dtype: the models' dtype in every program (the SAEs stay float32)
 
 
 def program(name: str, work: Path, scratch: Path, device: str, **kw) -> dict:
@@ -217,7 +221,8 @@ def machine() -> dict:
                   if line.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "load_at_start": os.getloadavg()}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "load_at_start": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _interleaved_lines(res: dict) -> list[str]:
@@ -234,8 +239,10 @@ def _interleaved_lines(res: dict) -> list[str]:
 
 
 def report(res: dict) -> str:
-    lines = [f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']}, "
-             f"load at start {res['machine']['load_at_start'][0]:.1f}", ""]
+    gpu = f", GPU {res['machine']['gpu']}" if res["machine"].get("gpu") else ""
+    lines = [f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores{gpu}, torch {res['machine']['torch']}, "
+             f"load at start {res['machine']['load_at_start'][0]:.1f}; --device {res.get('device', 'cpu')} "
+             f"--dtype {res.get('dtype', 'float32')}", ""]
     if "interleaved" in res:
         lines += _interleaved_lines(res)
     if "startup" in res:
@@ -263,7 +270,7 @@ PARTS = ("interleaved", "startup", "memory", "widths", "compare")
 
 def measure(args, parts: tuple[str, ...], ws: tuple[int, ...]) -> dict:
     """Run the chosen parts of the benchmark; returns the result dict (without targets)."""
-    res: dict = {"machine": machine(), "command": " ".join(audit_cmd(args.work, Path("OUT"))),
+    res: dict = {"machine": machine(), "device": args.device, "dtype": DTYPE, "command": " ".join(audit_cmd(args.work, Path("OUT"))),
                  "variant": " ".join(VARIANT)}
     with tempfile.TemporaryDirectory(prefix="bench-limit-") as tmp:
         scratch = Path(tmp)
@@ -302,11 +309,13 @@ def targets(res: dict) -> dict[str, bool]:
 
 
 def main() -> int:
-    global TOKENS, VARIANT
+    global TOKENS, VARIANT, DTYPE
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "featsurv-bench-limit")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="the models' dtype in every program (bfloat16 on a GPU)")
     p.add_argument("--quick", action="store_true", help="only the interleaved comparison")
     p.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run (of {', '.join(PARTS)})")
     p.add_argument("--json", type=Path, default=None, help="where to write the result (WORK/bench_limit.json)")
@@ -318,6 +327,7 @@ def main() -> int:
     args = p.parse_args()
     VARIANT = tuple(args.variant.split())
     TOKENS = args.tokens
+    DTYPE = args.dtype
     ws = tuple(int(w) for w in args.widths.split(","))
     parts = ("interleaved",) if args.quick else tuple(x for x in args.parts.split(",") if x)
     unknown = sorted(set(parts) - set(PARTS))

@@ -36,10 +36,19 @@ from limit_workload import LAYER, tokens  # noqa: E402
 TARGETS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 
 
-def _model(work: Path, device: str):
+def _model(work: Path, device: str, dtype: str = "float32"):
+    import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(work / "model").to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(work / "model").to(device, getattr(torch, dtype)).eval()
+
+
+def _sync(device: str) -> None:
+    """Wait for the device's queued work, so that a host clock read after it times that work."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def _capture(model):
@@ -65,14 +74,14 @@ def run_limit(args) -> dict:
 
     t0 = time.perf_counter()
     dev = args.device
-    model = _model(args.work, dev)
+    model = _model(args.work, dev, args.dtype)
     ts = tokens(args.work, args.tokens)
     sae = {k: v.to(dev) for k, v in load_file(args.work / f"sae-{args.width}" / "sae_weights.safetensors").items()}
     w_enc, b_enc, w_dec, b_dec = sae["W_enc"], sae["b_enc"], sae["W_dec"], sae["b_dec"]
     grab = _capture(model)
     targets = [m.weight for n, m in model.named_modules() if n.endswith(TARGETS)]
     fp_w = [w.detach().clone() for w in targets]
-    encode = lambda x: torch.relu((x - b_dec) @ w_enc + b_enc)  # noqa: E731
+    encode = lambda x: torch.relu((x.float() - b_dec) @ w_enc + b_enc)  # noqa: E731 - the SAE is float32
     out: dict = {"load_s": time.perf_counter() - t0, "configs_s": []}
     del w_dec
     with torch.no_grad():
@@ -86,6 +95,7 @@ def run_limit(args) -> dict:
             sx = sx + f64.sum(0)
             sxx = sxx + (f64 * f64).sum(0)
             fires = fires + (f > 0).sum(0)
+        _sync(dev)
         out["fp_s"] = time.perf_counter() - t1
         n = ts.n_tokens
         for bits in args.bits:
@@ -102,6 +112,7 @@ def run_limit(args) -> dict:
                 sxy = sxy + (x * y).sum(0)
             cov = sxy - sx * sy / n
             r = cov / torch.sqrt((sxx - sx * sx / n) * (syy - sy * sy / n)).clamp_min(1e-30)
+            _sync(dev)
             out["configs_s"].append(time.perf_counter() - t2)
             out.setdefault("survived", []).append(float((r[fires > 0.001 * n] > 0.9).double().mean()))
         for w, w0 in zip(targets, fp_w):
@@ -123,7 +134,7 @@ def run_reference(args) -> dict:
 
     t0 = time.perf_counter()
     dev = args.device
-    model_ref, model_work = _model(args.work, dev), _model(args.work, dev)
+    model_ref, model_work = _model(args.work, dev, args.dtype), _model(args.work, dev, args.dtype)
     grab_ref, grab_work = _capture(model_ref), _capture(model_work)
     tokens_2d = tokens(args.work, args.tokens).contexts.to(dev)
     sae = SAE.load_from_disk(str(args.work / f"sae-{args.width}"), device=dev).eval()
@@ -197,6 +208,7 @@ def main() -> int:
     p.add_argument("--width", type=int, default=16384)
     p.add_argument("--bits", type=lambda s: [int(b) for b in s.split(",")], default=[8, 6, 5, 4, 3])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = p.parse_args()
     out = (run_limit if args.role == "limit" else run_reference)(args)
     print(json.dumps(out))

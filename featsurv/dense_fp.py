@@ -45,7 +45,8 @@ class DenseFP:
             return fp.to_dense() if fp.is_sparse else fp
         n, d = fp.shape
         crow, values = fp.crow_indices(), fp.values()
-        rows = torch.repeat_interleave(torch.arange(n, device=fp.device), (crow[1:] - crow[:-1]).long())
+        rows = torch.repeat_interleave(torch.arange(n, device=fp.device), (crow[1:] - crow[:-1]).long(),
+                                       output_size=values.numel())  # known size: no wait for a device
         cols = fp.col_indices().long()
         buf = self._reusable(n, d, values.dtype, fp.device)
         if buf is None:

@@ -80,14 +80,19 @@ class FPCollector:
         self.ev = {h: ExplainedVariance(s.sae.d_in) for h, s in bench.hooks.items()}
         self.decode = {h: SparseDecode(s.sae) for h, s in bench.hooks.items()}
         self.accs = {h: metrics.collect("fp_accumulator", s.sae.d_sae) for h, s in bench.hooks.items()}
-        self.nonfinite: set[str] = set()
+        self.finite: dict[str, Any] = {}  # hook point -> a bool tensor on the device: read once, in finish
+
+    @property
+    def nonfinite(self) -> set[str]:
+        """The hook points where some FP activation was NaN or inf (reading it waits for the device)."""
+        return {h for h, ok in self.finite.items() if not bool(ok)}
 
     def consume(self, hook: str, x: Any, f: Any, batch: Any) -> None:
         import torch
 
         state = self.bench.hooks[hook]
-        if not bool(torch.isfinite(x).all()):
-            self.nonfinite.add(hook)
+        ok = torch.isfinite(x).all()
+        self.finite[hook] = ok if hook not in self.finite else self.finite[hook] & ok
         fp = sparse(f)  # stays on the device of the features
         self.ev[hook].update(x, self.decode[hook](f, fp))
         self.stats[hook].update(fp)  # from the stored values only
@@ -96,9 +101,10 @@ class FPCollector:
             acc.update(f, batch)
 
     def finish(self) -> None:
-        if self.nonfinite:
+        nonfinite = self.nonfinite
+        if nonfinite:
             raise FeatsurvError(
-                f"The FP model's activations are not finite (NaN or inf) at {', '.join(sorted(self.nonfinite))}: "
+                f"The FP model's activations are not finite (NaN or inf) at {', '.join(sorted(nonfinite))}: "
                 "nothing measured against them would mean anything",
                 hint="Check the model's weights (a NaN or inf in them), or load it in float32 (--dtype float32)")
         for hook, state in self.bench.hooks.items():

@@ -15,9 +15,19 @@ from .workbench import HookState, Workbench
 Consume = Callable[[str, Any, Any, Batch], None]
 
 
+def kept_rows(acts: Any, keep: Any) -> Any:
+    """``acts[keep]`` (``acts`` ``[batch, ctx, ...]`` on any device, ``keep`` a boolean ``[batch, ctx]``
+    on the host): the same rows, gathered by indices found on the host, so an accelerator is not
+    waited for to learn how many rows there are."""
+    if keep.device == acts.device:
+        return acts[keep]
+    idx = keep.reshape(-1).nonzero().squeeze(1).to(acts.device, non_blocking=True)
+    return acts.reshape(-1, *acts.shape[2:]).index_select(0, idx)
+
+
 def encode(bench: Workbench, state: HookState, acts: Any, keep: Any) -> tuple[Any, Any]:
     """SAE input ``x`` (kept positions, the SAE's dtype, centred when asked) and its features."""
-    x = acts[keep.to(acts.device)]
+    x = kept_rows(acts, keep)
     dtype = getattr(state.sae.sae, "dtype", None)
     if dtype is not None:
         x = x.to(dtype)

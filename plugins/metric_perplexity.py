@@ -65,11 +65,14 @@ class WindowNLL(ModelAccumulator):
         return {"perplexity": math.exp(nll) if self.count else float("nan"), "nll": nll, "n_predicted": self.count}
 
 
-#: bytes of float32 log-probabilities computed at once by :func:`summed_cross_entropy`
+#: bytes of float32 log-probabilities computed at once by :func:`summed_cross_entropy`: small on
+#: the CPU (a chunk that stays in cache, no fresh pages per batch), large on an accelerator (fewer
+#: kernel launches; its allocator reuses the block)
 CHUNK_BYTES = 2 << 20
+DEVICE_CHUNK_BYTES = 256 << 20
 
 
-def summed_cross_entropy(logits: Any, target: Any, chunk_bytes: int = CHUNK_BYTES) -> Any:
+def summed_cross_entropy(logits: Any, target: Any, chunk_bytes: int | None = None) -> Any:
     """``F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum")``, bit for bit,
     without its ``[rows, vocab]`` float32 log-softmax: the log-probabilities are computed a few
     rows at a time (``chunk_bytes`` each; each row's log-softmax does not depend on the others)
@@ -80,6 +83,8 @@ def summed_cross_entropy(logits: Any, target: Any, chunk_bytes: int = CHUNK_BYTE
     import torch.nn.functional as F
 
     rows, vocab = logits.shape
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES if logits.device.type == "cpu" else DEVICE_CHUNK_BYTES
     step = max(1, chunk_bytes // (4 * max(vocab, 1)))
     picked = torch.empty(rows, 1, dtype=torch.float32, device=logits.device)
     safe = target.clamp(min=0)[:, None]  # ignored rows gather column 0; nll_loss skips them

@@ -171,9 +171,7 @@ def _dense_sums(x: Any, y: Any, ctx: Any, starts: list[int], counts: list[int], 
     sums = torch.zeros((5, c, d), dtype=torch.float64, device=x.device)
     shifted = []
     for k, v in ((MEAN_X, x), (MEAN_Y, y)):
-        dv = v.to(torch.float64, copy=True)
-        for i, (a, n) in enumerate(zip(starts, counts)):
-            dv[a:a + n] -= out[i, k]
+        dv = torch.sub(v, out[:, k].index_select(0, ctx))  # float64: each row minus its context's shift, one launch
         sums[k].index_add_(0, ctx, dv)
         shifted.append(dv)
     dx, dy = shifted
