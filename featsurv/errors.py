@@ -64,6 +64,17 @@ def _plugin_of(exc: BaseException) -> tuple[str, str, str] | None:
     return None
 
 
+def _missing_module(exc: BaseException) -> str | None:
+    """The module a ``ModuleNotFoundError`` in ``exc`` or its causes names (None: not a missing module)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return exc.name
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def describe_crash(exc: BaseException) -> str:
     """One paragraph for an unexpected exception: what failed, which plugin raised it, what to do."""
     import sys
@@ -77,6 +88,13 @@ def describe_crash(exc: BaseException) -> str:
     written = list(getattr(outdir, "WRITTEN", []))
     done = f"The result at {str(written[-1])!r} was complete before the error." if written else "Nothing was written."
     plugin = _plugin_of(exc)
+    missing = _missing_module(exc)
+    if missing is not None:
+        who = f"plugin {plugin[0]!r} (distribution {plugin[1]!r} {plugin[2]})" if plugin else "featsurv"
+        package = missing.split(".")[0].replace("_", "-")
+        return (f"Error: {who} needs the Python module {missing!r}, which is not installed in this environment "
+                f"({sys.executable}). Install the package that provides it (for {missing.split('.')[0]!r} that is "
+                f"usually `pip install {package}`), or reinstall featsurv with its dependencies. {done} {debug}")
     if plugin is not None:
         name, dist, version = plugin
         return (f"Error: plugin {name!r} (distribution {dist!r} {version}) failed: {what}{where}. This is a "

@@ -175,3 +175,57 @@ def test_non_utf8_dataset_is_a_clean_error(base, tmp_path):
     res = run(["audit", "rtn", *args, "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "not UTF-8" in res.output
 
+
+
+# --------------------------------------------------------------------------- a missing package
+def test_a_missing_module_is_named_with_what_to_install_not_called_a_bug(monkeypatch):
+    from featsurv import outdir
+    from featsurv.errors import describe_crash
+
+    monkeypatch.setattr(outdir, "WRITTEN", [])  # no result written earlier in this process
+
+    try:
+        try:
+            import featsurv_no_such_module_xyz  # noqa: F401
+        except ModuleNotFoundError as inner:
+            raise RuntimeError("loading the SAE failed") from inner
+    except RuntimeError as exc:
+        text = describe_crash(exc)
+    assert "needs the Python module 'featsurv_no_such_module_xyz', which is not installed" in text
+    assert "pip install featsurv-no-such-module-xyz" in text and sys.executable in text
+    assert "a bug" not in text and "Nothing was written." in text
+    try:
+        raise ValueError("not an import problem")
+    except ValueError as exc:
+        assert "bug in featsurv" in describe_crash(exc)  # everything else is still reported as a bug
+
+
+class _NeedsMissingPackage:
+    from featsurv import hookimpl
+
+    @hookimpl
+    def register_compressors(self, register):
+        from featsurv_plugins.compress_rtn import RTN
+
+        class NeedsPackage(RTN):
+            name = "needs_package"
+
+            def compress(self, targets, p):
+                import featsurv_no_such_backend  # noqa: F401 - the backend library is not installed
+
+        register(NeedsPackage())
+
+
+def test_a_plugin_whose_library_is_missing_says_so_and_exits_1(base_args, register_plugin, tmp_path, capsys, monkeypatch):
+    from featsurv.cli import main
+
+    monkeypatch.delenv("FEATSURV_DEBUG", raising=False)
+    register_plugin(_NeedsMissingPackage(), name="needs-package", distribution="needs-package-dist", version="1.0")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "needs_package", *base_args, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert "plugin 'needs-package' (distribution 'needs-package-dist' 1.0) needs the Python module " \
+           "'featsurv_no_such_backend', which is not installed" in err
+    assert "pip install featsurv-no-such-backend" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
