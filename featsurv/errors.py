@@ -91,10 +91,10 @@ def describe_crash(exc: BaseException) -> str:
     missing = _missing_module(exc)
     if missing is not None:
         who = f"plugin {plugin[0]!r} (distribution {plugin[1]!r} {plugin[2]})" if plugin else "featsurv"
-        package = missing.split(".")[0].replace("_", "-")
+        top = missing.split(".")[0]
         return (f"Error: {who} needs the Python module {missing!r}, which is not installed in this environment "
-                f"({sys.executable}). Install the package that provides it (for {missing.split('.')[0]!r} that is "
-                f"usually `pip install {package}`), or reinstall featsurv with its dependencies. {done} {debug}")
+                f"({sys.executable}). Install the package that provides it (for {top!r} that is usually "
+                f"`pip install {top.replace('_', '-')}`), or reinstall featsurv with its dependencies. {done} {debug}")
     if plugin is not None:
         name, dist, version = plugin
         return (f"Error: plugin {name!r} (distribution {dist!r} {version}) failed: {what}{where}. This is a "

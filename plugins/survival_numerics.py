@@ -151,7 +151,7 @@ def context_moments(x: Any, y: Any, sizes: Sequence[int]) -> tuple[list[int], An
     if dev.type == "cpu" and SPARSE_MAX_DENSITY > 0:
         sums = _sparse_sums(x, y, ctx, out[:, MEAN_X], out[:, MEAN_Y], n)
     if sums is None:
-        sums = _dense_sums(x, y, ctx, starts, counts, out)
+        sums = _dense_sums(x, y, ctx, out)
     # mean = s + S1/n; M2 = S2 - S1^2/n; C = Sxy - S1x S1y / n
     tx, ty = sums[MEAN_X] / n, sums[MEAN_Y] / n
     out[:, MEAN_X] += tx
@@ -163,11 +163,11 @@ def context_moments(x: Any, y: Any, sizes: Sequence[int]) -> tuple[list[int], An
     return counts, out
 
 
-def _dense_sums(x: Any, y: Any, ctx: Any, starts: list[int], counts: list[int], out: Any) -> Any:
+def _dense_sums(x: Any, y: Any, ctx: Any, out: Any) -> Any:
     """``[5, C, d]``: per context the sums of ``x - s``, ``y - s``, their squares and product, over every row."""
     import torch
 
-    c, d = len(counts), x.shape[1]
+    c, d = out.shape[0], x.shape[1]
     sums = torch.zeros((5, c, d), dtype=torch.float64, device=x.device)
     shifted = []
     for k, v in ((MEAN_X, x), (MEAN_Y, y)):

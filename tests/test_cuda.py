@@ -9,12 +9,13 @@ the CPU audit's to float32 round-off.
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
+
+from test_stats import _scipy_r  # the per-feature scipy oracle (constant columns: 0)
 
 #: the device under test: a CUDA GPU, or another one named in FEATSURV_TEST_DEVICE (``mps``; ``cpu``
 #: checks the tests themselves against the CPU paths)
@@ -29,19 +30,6 @@ def _relu_pair(seed: int, n: int, d: int, density: float = 0.05):
     x = torch.relu(torch.randn(n, d, generator=g) - float(stats.norm.ppf(1 - density)))
     y = torch.relu(x + 0.3 * torch.randn(n, d, generator=g) - 0.05)
     return x, y
-
-
-def _scipy_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    out = []
-    for j in range(x.shape[1]):
-        a, b = x[:, j].astype(np.float64), y[:, j].astype(np.float64)
-        if np.all(a == a[0]) or np.all(b == b[0]):
-            out.append(0.0)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out.append(stats.pearsonr(a, b)[0])
-    return np.array(out)
 
 
 def test_context_moments_on_the_gpu_equal_the_cpu_paths(monkeypatch):
